@@ -1,0 +1,222 @@
+"""The fleet anomaly detector: IsolationForest on device features plus cohort z-scores and
+baseline exceedances, with a threshold chosen on a later validation slice.
+
+``FleetAnomalyModel`` holds everything scoring needs (feature spec, cohort stats, baselines,
+imputation and normalization values, forest, threshold), so a registered model version scores
+raw features with no other state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import IsolationForest
+
+from anomaly_assets.core.baselines import baseline_exceedance
+from anomaly_assets.core.cohorts import cohort_keys, cohort_z_scores
+from anomaly_assets.core.features import FeatureSpec
+from anomaly_assets.core.metrics import classification_metrics
+
+SCORED_COLUMNS = (
+    "device_id",
+    "timestamp",
+    "cohort",
+    "score",
+    "severity",
+    "is_anomaly",
+    "top_feature_1",
+    "top_feature_2",
+    "top_feature_3",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorConfig:
+    n_estimators: int = 200
+    # Deeper trees (2048 samples) separate level shifts and dropouts far better than the
+    # scikit-learn default of 256 on this feature set (AUC measured on the synthetic fleet).
+    max_samples: int = 2048
+    # Which model features the forest sees: per-metric suffixes (``{metric}__{suffix}``) and
+    # row-level features. Fewer, sharper features beat all of them: IsolationForest picks
+    # split features at random, so redundant columns dilute the informative ones.
+    feature_suffixes: tuple[str, ...] = ("cohort_z", "baseline_exceed", "dev_1h", "std_1h")
+    row_features: tuple[str, ...] = ("missing_metrics", "gap_minutes")
+    validation_days: int = 1
+    # Without labels the threshold flags this share of validation rows; with labels it is
+    # the validation threshold of best F1.
+    target_alert_rate: float = 0.01
+    random_state: int = 0
+
+
+@dataclasses.dataclass
+class FleetAnomalyModel:
+    spec: FeatureSpec
+    cohort_stats: pd.DataFrame
+    baselines: pd.DataFrame
+    feature_columns: list[str]
+    medians: np.ndarray
+    scales: np.ndarray
+    forest: IsolationForest
+    threshold: float
+    score_reference: float  # median validation score: severity 0 below it, 50 at the threshold
+    training_summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def model_matrix(self, device_features: pd.DataFrame) -> np.ndarray:
+        """The forest's input: device features plus cohort features, NaN imputed with medians."""
+        matrix = _model_frame(device_features, self.spec, self.cohort_stats, self.baselines)
+        values = matrix[self.feature_columns].to_numpy(dtype=np.float64)
+        return np.where(np.isnan(values), self.medians[None, :], values)
+
+    def raw_scores(self, matrix: np.ndarray) -> np.ndarray:
+        """Higher is more anomalous: the negated IsolationForest ``score_samples`` in (0, 1]."""
+        return -self.forest.score_samples(matrix)
+
+    def severity(self, scores: np.ndarray) -> np.ndarray:
+        span = max(self.threshold - self.score_reference, 1e-9)
+        below = 50.0 * np.clip((scores - self.score_reference) / span, 0.0, 1.0)
+        above = 50.0 + 50.0 * (1.0 - np.exp(-(scores - self.threshold) / span))
+        return np.round(np.where(scores > self.threshold, above, below), 2)
+
+    def top_features(self, matrix: np.ndarray, k: int = 3) -> np.ndarray:
+        """Names of the k features furthest from their training median, in robust z units."""
+        z = np.abs((matrix - self.medians[None, :]) / self.scales[None, :])
+        k = min(k, z.shape[1])
+        top = np.argpartition(-z, k - 1, axis=1)[:, :k]
+        ordered = np.take_along_axis(top, np.argsort(-np.take_along_axis(z, top, axis=1), axis=1), axis=1)
+        return np.asarray(self.feature_columns, dtype=object)[ordered]
+
+    def score(self, device_features: pd.DataFrame) -> pd.DataFrame:
+        """One row per input row with SCORED_COLUMNS (model name and version are added by the caller)."""
+        matrix = self.model_matrix(device_features)
+        scores = self.raw_scores(matrix)
+        top = self.top_features(matrix)
+        return pd.DataFrame(
+            {
+                "device_id": device_features["device_id"].to_numpy(),
+                "timestamp": device_features["timestamp"].to_numpy(),
+                "cohort": cohort_keys(device_features, self.spec.cohort_columns).to_numpy(),
+                "score": scores,
+                "severity": self.severity(scores),
+                "is_anomaly": scores > self.threshold,
+                "top_feature_1": top[:, 0],
+                "top_feature_2": top[:, 1] if top.shape[1] > 1 else None,
+                "top_feature_3": top[:, 2] if top.shape[1] > 2 else None,
+            }
+        ).astype({"timestamp": device_features["timestamp"].dtype})
+
+
+def _model_frame(
+    device_features: pd.DataFrame, spec: FeatureSpec, cohort_stats: pd.DataFrame, baselines: pd.DataFrame
+) -> pd.DataFrame:
+    return pd.concat(
+        [
+            device_features[spec.device_feature_columns()],
+            cohort_z_scores(device_features, cohort_stats, spec.metrics, spec.cohort_columns),
+            baseline_exceedance(device_features, baselines, spec.metrics, spec.cohort_columns),
+        ],
+        axis=1,
+    )
+
+
+def _robust_scales(values: np.ndarray) -> np.ndarray:
+    q25, q75 = np.nanpercentile(values, [25, 75], axis=0)
+    scales = (q75 - q25) / 1.349
+    std = np.nanstd(values, axis=0)
+    scales = np.where(scales > 1e-9, scales, std)
+    return np.where(scales > 1e-9, scales, 1.0)
+
+
+def split_by_time(device_features: pd.DataFrame, validation_days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The last ``validation_days`` calendar days validate; everything before them fits."""
+    days = device_features["timestamp"].dt.floor("D")
+    unique_days = np.sort(days.unique())
+    if len(unique_days) <= validation_days:
+        raise ValueError(
+            f"the training window holds {len(unique_days)} day(s); it needs more than "
+            f"validation_days={validation_days} to keep a later validation slice"
+        )
+    first_validation_day = unique_days[-validation_days]
+    is_validation = (days >= first_validation_day).to_numpy()
+    return device_features.loc[~is_validation], device_features.loc[is_validation]
+
+
+def train_detector(
+    device_features: pd.DataFrame,
+    cohort_stats: pd.DataFrame,
+    baselines: pd.DataFrame,
+    spec: FeatureSpec,
+    config: DetectorConfig = DetectorConfig(),
+    label_column: str | None = "is_injected_anomaly",
+) -> tuple[FleetAnomalyModel, dict[str, float]]:
+    """Fit on the earlier slice, pick the threshold on the later one; returns the model and metrics."""
+    fit_part, validation_part = split_by_time(device_features, config.validation_days)
+    fit_frame = _model_frame(fit_part, spec, cohort_stats, baselines)
+    feature_columns = [
+        c for c in fit_frame.columns if c in config.row_features or c.rpartition("__")[2] in config.feature_suffixes
+    ]
+    if not feature_columns:
+        raise ValueError(f"no model features match {config.feature_suffixes} / {config.row_features}")
+    fit_values = fit_frame[feature_columns].to_numpy(dtype=np.float64)
+    medians = np.nan_to_num(np.nanmedian(fit_values, axis=0), nan=0.0)
+    scales = _robust_scales(fit_values)
+    forest = IsolationForest(
+        n_estimators=config.n_estimators,
+        max_samples=min(config.max_samples, len(fit_values)),
+        random_state=config.random_state,
+        n_jobs=1,
+    ).fit(np.where(np.isnan(fit_values), medians[None, :], fit_values))
+
+    model = FleetAnomalyModel(
+        spec=spec,
+        cohort_stats=cohort_stats,
+        baselines=baselines,
+        feature_columns=feature_columns,
+        medians=medians,
+        scales=scales,
+        forest=forest,
+        threshold=np.inf,
+        score_reference=0.0,
+    )
+    validation_scores = model.raw_scores(model.model_matrix(validation_part))
+    labels = (
+        validation_part[label_column].to_numpy(dtype=bool)
+        if label_column and label_column in validation_part
+        else None
+    )
+    model.threshold = choose_threshold(validation_scores, labels, config.target_alert_rate)
+    model.score_reference = float(np.median(validation_scores))
+    metrics = {
+        "fit_rows": float(len(fit_part)),
+        "validation_rows": float(len(validation_part)),
+        "threshold": float(model.threshold),
+        "validation_alert_rate": float(np.mean(validation_scores > model.threshold)),
+    }
+    if labels is not None:
+        metrics.update(classification_metrics(labels, validation_scores, model.threshold))
+    model.training_summary = {
+        "fit_start": str(fit_part["timestamp"].min()),
+        "validation_start": str(validation_part["timestamp"].min()),
+        "validation_end": str(validation_part["timestamp"].max()),
+        **metrics,
+    }
+    return model, metrics
+
+
+def choose_threshold(scores: np.ndarray, labels: np.ndarray | None, target_alert_rate: float) -> float:
+    """Best-F1 threshold when labels hold both classes; otherwise the (1 - rate) quantile."""
+    if labels is not None and 0 < labels.sum() < len(labels):
+        order = np.argsort(-scores, kind="stable")
+        sorted_scores, sorted_labels = scores[order], labels[order]
+        true_positives = np.cumsum(sorted_labels)
+        flagged = np.arange(1, len(scores) + 1)
+        f1 = 2 * true_positives / (flagged + labels.sum())
+        # Only cut between distinct scores, so the threshold reproduces the counted flags.
+        distinct = np.r_[sorted_scores[1:] < sorted_scores[:-1], True]
+        best = int(np.argmax(np.where(distinct, f1, -1.0)))
+        upper = sorted_scores[best]
+        lower = sorted_scores[best + 1] if best + 1 < len(scores) else upper - 1e-6
+        return float((upper + lower) / 2)
+    return float(np.quantile(scores, 1.0 - target_alert_rate))

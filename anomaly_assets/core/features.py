@@ -1,0 +1,137 @@
+"""Per-device rolling features: one code path for training and scoring.
+
+Rolling windows are time based, ``(t - window, t]`` per device, like pandas'
+``groupby().rolling("1h")``, and are computed with prefix sums over the frame sorted by
+(device, time): no per-device Python loop. A partition's features are built from the partition
+plus the previous day (the lookback), then the lookback rows are dropped, so features computed
+day by day equal those computed on the concatenated days.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+
+TIME_FEATURES: tuple[str, ...] = ("hour_sin", "hour_cos", "missing_metrics", "gap_minutes")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """What the features are made of; stored inside every model so scoring uses the same spec."""
+
+    metrics: tuple[str, ...]
+    cohort_columns: tuple[str, ...]
+    windows: tuple[str, ...] = ("1h", "6h")
+    label_columns: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.metrics:
+            raise ValueError("FeatureSpec needs at least one metric column")
+        longest = max(pd.Timedelta(w) for w in self.windows)
+        if longest > pd.Timedelta("1D"):
+            raise ValueError(f"rolling windows may not exceed the one-day lookback, got {self.windows}")
+
+    def device_feature_columns(self) -> list[str]:
+        columns: list[str] = []
+        for metric in self.metrics:
+            columns += [metric, f"{metric}__delta"]
+            for window in self.windows:
+                columns += [f"{metric}__dev_{window}", f"{metric}__std_{window}"]
+        return columns + list(TIME_FEATURES)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FeatureSpec:
+        return cls(**{k: tuple(v) for k, v in data.items()})
+
+    @property
+    def hash(self) -> str:
+        payload = json.dumps(
+            {"metrics": self.metrics, "cohort_columns": self.cohort_columns, "windows": self.windows},
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def build_device_features(
+    telemetry: pd.DataFrame, spec: FeatureSpec, keep_from: pd.Timestamp | None = None
+) -> pd.DataFrame:
+    """Features for every row of ``telemetry`` at or after ``keep_from`` (earlier rows are lookback).
+
+    Output: key columns (device_id, timestamp, cohort columns, labels if present), then
+    ``spec.device_feature_columns()`` as float64, sorted by device and time.
+    """
+    missing = [c for c in ("device_id", "timestamp", *spec.cohort_columns, *spec.metrics) if c not in telemetry]
+    if missing:
+        raise KeyError(f"telemetry lacks columns needed for features: {missing}")
+    frame = telemetry.sort_values(["device_id", "timestamp"], kind="stable", ignore_index=True)
+    device_codes = pd.factorize(frame["device_id"])[0].astype(np.int64)
+    time_ms = frame["timestamp"].to_numpy(dtype="datetime64[ms]").astype(np.int64)
+    # One sortable key per row: rows of one device are contiguous and time-ordered.
+    order_key = device_codes * (time_ms.max() - time_ms.min() + 1 if len(frame) else 1) + (
+        time_ms - (time_ms.min() if len(frame) else 0)
+    )
+    same_device_as_previous = np.r_[False, device_codes[1:] == device_codes[:-1]]
+    window_starts = {
+        w: np.searchsorted(order_key, order_key - pd.Timedelta(w) // pd.Timedelta("1ms"), side="right")
+        for w in spec.windows
+    }
+
+    out: dict[str, np.ndarray] = {}
+    metric_values = frame[list(spec.metrics)].to_numpy(dtype=np.float64)
+    for j, metric in enumerate(spec.metrics):
+        values = metric_values[:, j]
+        out[metric] = values
+        delta = np.full_like(values, np.nan)
+        delta[1:] = values[1:] - values[:-1]
+        out[f"{metric}__delta"] = np.where(same_device_as_previous, delta, np.nan)
+        for window, starts in window_starts.items():
+            mean, std = _rolling_mean_std(values, starts)
+            out[f"{metric}__dev_{window}"] = values - mean
+            out[f"{metric}__std_{window}"] = std
+
+    hour = (time_ms % 86_400_000) / 3_600_000.0
+    out["hour_sin"] = np.sin(2 * np.pi * hour / 24)
+    out["hour_cos"] = np.cos(2 * np.pi * hour / 24)
+    out["missing_metrics"] = np.isnan(metric_values).sum(axis=1).astype(np.float64)
+    gap = np.full(len(frame), np.nan)
+    gap[1:] = (time_ms[1:] - time_ms[:-1]) / 60_000.0
+    out["gap_minutes"] = np.where(same_device_as_previous, gap, np.nan)
+
+    keys = [c for c in ("device_id", "timestamp", *spec.cohort_columns, *spec.label_columns) if c in frame]
+    features = pd.concat(
+        [frame[keys], pd.DataFrame({c: out[c] for c in spec.device_feature_columns()})], axis=1
+    )
+    if keep_from is not None:
+        features = features.loc[features["timestamp"] >= keep_from].reset_index(drop=True)
+    return features
+
+
+def _rolling_mean_std(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample std (ddof=1) over rows ``starts[i]..i``, ignoring NaN."""
+    finite = np.isfinite(values)
+    # Centre before squaring: prefix sums of squares lose precision on large offsets.
+    center = np.nanmean(values) if finite.any() else 0.0
+    centred = np.where(finite, values - center, 0.0)
+    count = _window_sum(finite.astype(np.float64), starts)
+    total = _window_sum(centred, starts)
+    squares = _window_sum(centred * centred, starts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_centred = total / count
+        var = (squares - total * mean_centred) / (count - 1)
+        # Cancellation leaves tiny non-zero variance on constant windows (a stuck sensor).
+        var = np.where(var <= 1e-10 * np.maximum(squares / count, 1e-12), 0.0, var)
+    mean = np.where(count > 0, mean_centred + center, np.nan)
+    std = np.where(count > 1, np.sqrt(var), np.nan)
+    return mean, std
+
+
+def _window_sum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    prefix = np.concatenate(([0.0], np.cumsum(values)))
+    return prefix[np.arange(1, len(values) + 1)] - prefix[starts]

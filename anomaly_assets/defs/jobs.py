@@ -1,0 +1,28 @@
+"""Jobs over the asset graph: what the demo, the schedules and the UI launch."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from anomaly_assets.defs.partitions import daily_partitions
+
+INGESTION_AND_FEATURES = dg.AssetSelection.assets("raw_telemetry", "validated_telemetry", "device_features")
+
+telemetry_job = dg.define_asset_job(
+    "telemetry_job",
+    selection=INGESTION_AND_FEATURES,
+    partitions_def=daily_partitions,
+    description="Read, validate and build features for a day (or a range, as one run).",
+)
+training_job = dg.define_asset_job(
+    "training_job",
+    selection=dg.AssetSelection.assets("cohort_stats", "baselines", "anomaly_detector"),
+    partitions_def=daily_partitions,
+    description="Fit cohort stats and baselines and train and register a detector on the window ending with the partition.",
+)
+scoring_job = dg.define_asset_job(
+    "scoring_job",
+    selection=INGESTION_AND_FEATURES | dg.AssetSelection.assets("scored_anomalies"),
+    partitions_def=daily_partitions,
+    description="Everything from raw telemetry to scored anomalies for a day, with the champion model.",
+)

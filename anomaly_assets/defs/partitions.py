@@ -1,0 +1,57 @@
+"""Daily partitions and the time-window helpers every partitioned asset uses."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import dagster as dg
+import pandas as pd
+
+from anomaly_assets.settings import Settings
+
+# Single-run backfill policies and optional upstream partitions are deliberate choices here.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
+SETTINGS = Settings.from_env()
+daily_partitions = dg.DailyPartitionsDefinition(start_date=SETTINGS.start_date.isoformat(), timezone="UTC")
+
+# device_features of day D read day D-1 too, so rolling windows continue across midnight.
+previous_day_lookback = dg.TimeWindowPartitionMapping(
+    start_offset=-1, end_offset=0, allow_nonexistent_upstream_partitions=True
+)
+# Training partition D is fitted on the training_days days ending with D.
+training_window = dg.TimeWindowPartitionMapping(
+    start_offset=-(SETTINGS.training_days - 1), end_offset=0, allow_nonexistent_upstream_partitions=True
+)
+
+
+def partition_window(context: dg.AssetExecutionContext) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """[start, end) of the run's partitions, which span several days in a single-run backfill."""
+    window = context.partition_time_window
+    return pd.Timestamp(window.start).tz_convert("UTC"), pd.Timestamp(window.end).tz_convert("UTC")
+
+
+def days_in(start: pd.Timestamp, end: pd.Timestamp) -> list[str]:
+    return [d.strftime("%Y-%m-%d") for d in pd.date_range(start, end, freq="D", inclusive="left")]
+
+
+def markdown_preview(frame: pd.DataFrame, rows: int = 5) -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.head(rows).to_markdown(index=False) if len(frame) else "_no rows_")
+
+
+def partition_metadata(
+    context: dg.AssetExecutionContext, frame: pd.DataFrame, describe: Callable[[pd.DataFrame], dict]
+) -> dict:
+    """Metadata that describes each partition's own rows.
+
+    For one partition it is returned for the Output; for a range (a single-run backfill) each
+    partition gets ``describe(its rows)`` attached directly, and nothing is returned.
+    """
+    keys = context.partition_keys
+    if len(keys) == 1:
+        return describe(frame)
+    days = frame["timestamp"].dt.strftime("%Y-%m-%d")
+    for key in keys:
+        context.add_asset_metadata(describe(frame.loc[days == key]), partition_key=key)
+    return {}

@@ -1,0 +1,91 @@
+"""Where the project keeps its state and which environment it runs in, from environment variables.
+
+``ANOMALY_ASSETS_ENV`` picks the environment: ``embedded`` (default: SQLite and local files under
+``ANOMALY_ASSETS_HOME``) or ``production`` (PostgreSQL and an MLflow server, from ``EnvVar``s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+from pathlib import Path
+
+ENVIRONMENTS = ("embedded", "production")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    home: Path
+    environment: str = "embedded"
+    start_date: dt.date = dt.date(2026, 11, 1)  # first daily partition, and the synthetic fleet's first day
+    training_days: int = 7
+    fleet_devices: int = 200
+    fleet_seed: int = 7
+
+    def __post_init__(self) -> None:
+        if self.environment not in ENVIRONMENTS:
+            raise ValueError(f"ANOMALY_ASSETS_ENV must be one of {ENVIRONMENTS}, got {self.environment!r}")
+        if self.training_days < 2:
+            raise ValueError(f"training_days must be at least 2 (fit + validation), got {self.training_days}")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        defaults = cls(home=Path(".anomaly_home"))
+        return cls(
+            home=Path(env.get("ANOMALY_ASSETS_HOME", ".anomaly_home")).absolute(),
+            environment=env.get("ANOMALY_ASSETS_ENV", defaults.environment),
+            start_date=dt.date.fromisoformat(env.get("ANOMALY_ASSETS_START_DATE", defaults.start_date.isoformat())),
+            training_days=int(env.get("ANOMALY_ASSETS_TRAINING_DAYS", defaults.training_days)),
+            fleet_devices=int(env.get("ANOMALY_ASSETS_FLEET_DEVICES", defaults.fleet_devices)),
+            fleet_seed=int(env.get("ANOMALY_ASSETS_FLEET_SEED", defaults.fleet_seed)),
+        )
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def parquet_dir(self) -> Path:
+        return self.home / "parquet"
+
+    @property
+    def results_url(self) -> str:
+        return f"sqlite:///{self.home / 'results.db'}"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_location(self) -> str:
+        return (self.mlflow_dir / "artifacts").as_uri()
+
+
+def prepare_embedded_home(settings: Settings) -> Path:
+    """Create the home's folders and a Dagster instance config (SQLite storage, no telemetry)."""
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    config = settings.dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+    return settings.dagster_home
+
+
+def export_to_environment(settings: Settings) -> None:
+    """Make this process (and the code location it loads) use ``settings``."""
+    os.environ.update(
+        {
+            "ANOMALY_ASSETS_HOME": str(settings.home),
+            "ANOMALY_ASSETS_ENV": settings.environment,
+            "ANOMALY_ASSETS_START_DATE": settings.start_date.isoformat(),
+            "ANOMALY_ASSETS_TRAINING_DAYS": str(settings.training_days),
+            "ANOMALY_ASSETS_FLEET_DEVICES": str(settings.fleet_devices),
+            "ANOMALY_ASSETS_FLEET_SEED": str(settings.fleet_seed),
+            "DAGSTER_HOME": str(settings.dagster_home),
+        }
+    )
