@@ -1,0 +1,104 @@
+"""Parquet IO manager and results store: partition files, atomic writes, idempotent replaces."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from anomaly_assets.resources import PartitionedParquetIOManager, ResultsStore
+from anomaly_assets.resources.results_store import anomaly_events
+
+DAILY = dg.DailyPartitionsDefinition(start_date="2026-11-01")
+
+
+def _frame(days: list[str]) -> pd.DataFrame:
+    stamps = pd.to_datetime([f"{d} 12:00" for d in days]).tz_localize("UTC")
+    return pd.DataFrame({"device_id": [f"d{i}" for i in range(len(days))], "timestamp": stamps, "value": range(len(days))})
+
+
+def test_range_output_is_split_into_one_file_per_partition(tmp_path):
+    @dg.asset(partitions_def=DAILY, backfill_policy=dg.BackfillPolicy.single_run())
+    def thing() -> pd.DataFrame:
+        return _frame(["2026-11-01", "2026-11-01", "2026-11-03"])
+
+    result = dg.materialize(
+        [thing],
+        resources={"io_manager": PartitionedParquetIOManager(base_path=str(tmp_path))},
+        tags={"dagster/asset_partition_range_start": "2026-11-01", "dagster/asset_partition_range_end": "2026-11-03"},
+    )
+    assert result.success
+    assert len(pd.read_parquet(tmp_path / "thing" / "2026-11-01.parquet")) == 2
+    assert len(pd.read_parquet(tmp_path / "thing" / "2026-11-02.parquet")) == 0  # the day exists, empty
+    assert len(pd.read_parquet(tmp_path / "thing" / "2026-11-03.parquet")) == 1
+    assert not list(tmp_path.rglob("*.tmp-*"))
+
+
+def test_failed_write_leaves_the_previous_partition_intact(tmp_path, monkeypatch):
+    manager = PartitionedParquetIOManager(base_path=str(tmp_path))
+    context = dg.build_output_context(asset_key=dg.AssetKey("thing"), partition_key="2026-11-01", asset_partitions_def=DAILY)
+    manager.handle_output(context, _frame(["2026-11-01"]))
+
+    def broken_write(self, path, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", broken_write)
+    with pytest.raises(OSError, match="disk full"):
+        manager.handle_output(context, _frame(["2026-11-01", "2026-11-01"]))
+    monkeypatch.undo()
+    assert len(pd.read_parquet(tmp_path / "thing" / "2026-11-01.parquet")) == 1
+    assert not list(tmp_path.rglob("*.tmp-*"))
+
+
+def test_missing_required_partition_names_the_asset_and_partition(tmp_path):
+    manager = PartitionedParquetIOManager(base_path=str(tmp_path))
+    context = dg.build_input_context(asset_key=dg.AssetKey("thing"), partition_key="2026-11-05", asset_partitions_def=DAILY)
+    with pytest.raises(FileNotFoundError, match="partition 2026-11-05 of thing"):
+        manager.load_input(context)
+
+
+def _events(day: str, n: int, version: str = "1") -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "partition_date": day,
+            "device_id": [f"dev-{i}" for i in range(n)],
+            "timestamp": pd.Timestamp(day, tz="UTC"),
+            "cohort": "A|B|1",
+            "score": 0.7,
+            "severity": 80.0,
+            "top_feature_1": "cpu_util_pct__cohort_z",
+            "top_feature_2": None,
+            "top_feature_3": None,
+            "model_name": "m",
+            "model_version": version,
+        }
+    )
+
+
+def test_replace_partitions_replaces_and_never_duplicates(tmp_path):
+    store = ResultsStore(url=f"sqlite:///{tmp_path}/results.db")
+    store.replace_partitions(anomaly_events, ["2026-11-01"], _events("2026-11-01", 5))
+    store.replace_partitions(anomaly_events, ["2026-11-02"], _events("2026-11-02", 3))
+    store.replace_partitions(anomaly_events, ["2026-11-01"], _events("2026-11-01", 4, version="2"))
+    assert store.count(anomaly_events, ["2026-11-01"]) == 4
+    assert store.count(anomaly_events, ["2026-11-02"]) == 3
+    versions = store.read_frame("SELECT DISTINCT model_version FROM anomaly_events WHERE partition_date='2026-11-01'")
+    assert versions["model_version"].tolist() == ["2"]
+
+
+def test_failed_replace_rolls_back_to_the_previous_rows(tmp_path):
+    store = ResultsStore(url=f"sqlite:///{tmp_path}/results.db")
+    store.replace_partitions(anomaly_events, ["2026-11-01"], _events("2026-11-01", 5))
+    broken = _events("2026-11-01", 3)
+    broken.loc[2, "score"] = None  # violates NOT NULL after the delete has run
+    with pytest.raises(Exception):
+        store.replace_partitions(anomaly_events, ["2026-11-01"], broken)
+    assert store.count(anomaly_events, ["2026-11-01"]) == 5
+
+
+def test_rows_outside_the_replaced_partitions_are_refused(tmp_path):
+    store = ResultsStore(url=f"sqlite:///{tmp_path}/results.db")
+    with pytest.raises(ValueError, match="outside the partitions"):
+        store.replace_partitions(anomaly_events, ["2026-11-01"], _events("2026-11-02", 1))
