@@ -65,6 +65,48 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry():
+    from anomaly_assets.resources import build_resources
+
+    for noisy in ("mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    registry = build_resources(Settings.from_env())["model_registry"]
+    return registry.process_config_and_initialize()  # resolves EnvVar settings in production
+
+
+def _print(args: argparse.Namespace, payload, text: str) -> None:
+    print(json.dumps(payload, indent=2, default=str) if args.json else text)
+
+
+def _model_list(args: argparse.Namespace) -> int:
+    registry = _registry()
+    versions = registry.list_versions()
+    history = registry.champion_history()
+    lines = [f"{registry.model_name} at {registry.tracking_uri}"]
+    for v in versions:
+        auc = "" if v["auc_pr"] is None else f"  auc_pr={v['auc_pr']:.4f}"
+        lines.append(
+            f"  version {v['version']:>3}  {','.join(v['aliases']) or '-':<20} window {v['training_window'] or '-'}{auc}"
+            + (f"  gate={v['gate']}" if v["gate"] else "")
+        )
+    if not versions:
+        lines.append("  (no versions: materialize anomaly_detector first)")
+    _print(args, {"model": registry.model_name, "versions": versions, "champion_history": history}, "\n".join(lines))
+    return 0
+
+
+def _model_promote(args: argparse.Namespace) -> int:
+    entry = _registry().set_champion(str(args.version), reason=args.reason, actor="cli")
+    _print(args, entry, f"champion: version {entry['previous'] or '-'} -> {entry['version']}")
+    return 0
+
+
+def _model_rollback(args: argparse.Namespace) -> int:
+    entry = _registry().rollback(reason=args.reason, actor="cli")
+    _print(args, entry, f"champion rolled back: version {entry['previous']} -> {entry['version']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anomaly-assets", description="Dagster-orchestrated anomaly detection for device-fleet telemetry."
@@ -83,6 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--home", help="state directory (default $ANOMALY_ASSETS_HOME or .anomaly_home)")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.set_defaults(handler=_demo)
+
+    model = commands.add_parser(
+        "model", help="list, promote and roll back detector versions in the MLflow registry",
+        description="Manage the registered detector: the 'champion' alias is what scoring uses.",
+    )
+    actions = model.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="versions with aliases, training window, metrics and gate decision")
+    listing.add_argument("--json", action="store_true", help="print as JSON")
+    listing.set_defaults(handler=_model_list)
+    promote = actions.add_parser("promote", help="point 'champion' at a version")
+    promote.add_argument("--version", required=True, type=int, help="the model version to make champion")
+    promote.add_argument("--reason", default="manual promotion", help="recorded in the champion history")
+    promote.add_argument("--json", action="store_true", help="print as JSON")
+    promote.set_defaults(handler=_model_promote)
+    rollback = actions.add_parser("rollback", help="move 'champion' back to the previous champion")
+    rollback.add_argument("--reason", default="manual rollback", help="recorded in the champion history")
+    rollback.add_argument("--json", action="store_true", help="print as JSON")
+    rollback.set_defaults(handler=_model_rollback)
     return parser
 
 
@@ -90,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, LookupError, FileNotFoundError) as error:
+    except (ValueError, LookupError, FileNotFoundError, RuntimeError) as error:
         print(f"anomaly-assets {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -7,12 +7,13 @@ import dagster as dg
 from anomaly_assets.defs import jobs
 from anomaly_assets.defs.features import assets as feature_assets
 from anomaly_assets.defs.ingestion import assets as ingestion_assets
+from anomaly_assets.defs.registry import assets as registry_assets
 from anomaly_assets.defs.scoring import assets as scoring_assets
 from anomaly_assets.defs.training import assets as training_assets
 from anomaly_assets.resources import build_resources
 from anomaly_assets.settings import Settings
 
-ASSET_MODULES = (ingestion_assets, feature_assets, training_assets, scoring_assets)
+ASSET_MODULES = (ingestion_assets, feature_assets, training_assets, registry_assets, scoring_assets)
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
@@ -20,7 +21,13 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules(list(ASSET_MODULES)),
         asset_checks=dg.load_asset_checks_from_modules(list(ASSET_MODULES)),
-        jobs=[jobs.telemetry_job, jobs.training_job, jobs.scoring_job],
+        jobs=[
+            jobs.telemetry_job,
+            jobs.training_job,
+            jobs.scoring_job,
+            registry_assets.promote_model_job,
+            registry_assets.rollback_model_job,
+        ],
         resources=build_resources(settings),
     )
 

@@ -24,12 +24,10 @@ class FleetAnomalyPyfunc(mlflow.pyfunc.PythonModel):
         self.model = joblib.load(context.artifacts[MODEL_ARTIFACT])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        """Raw telemetry (device_id, timestamp, cohort columns, metrics) in, scored rows out.
+        """Raw telemetry (device_id, timestamp, cohort columns, metrics) in, one scored row per row out.
 
-        Rows before ``params["score_from"]`` (an ISO timestamp), if given, only feed the
-        rolling windows (the lookback) and are not returned.
+        Rolling windows reach back one day: to score day D exactly as ``scored_anomalies`` does,
+        pass days D-1 and D and keep the output rows of day D.
         """
         assert self.model is not None, "load_context was not called"
-        keep_from = pd.Timestamp(params["score_from"]) if params and params.get("score_from") else None
-        features = build_device_features(model_input, self.model.spec, keep_from=keep_from)
-        return self.model.score(features)
+        return self.model.score(build_device_features(model_input, self.model.spec))

@@ -19,9 +19,10 @@ def test_definitions_load(tmp_path):
         "cohort_stats",
         "baselines",
         "anomaly_detector",
+        "model_promotion",
         "scored_anomalies",
     }
-    for job in ("telemetry_job", "training_job", "scoring_job"):
+    for job in ("telemetry_job", "training_job", "scoring_job", "promote_model_job", "rollback_model_job"):
         assert defs.resolve_job_def(job) is not None
     assert set(defs.resources) >= {"telemetry_source", "results_store", "model_registry", "io_manager"}
     assert dg.AssetCheckKey(dg.AssetKey("validated_telemetry"), "bad_row_share_within_limit") in graph.asset_check_keys

@@ -45,6 +45,7 @@ def test_demo_materializes_every_asset_and_registers_a_champion(demo_home, demo_
         "cohort_stats",
         "baselines",
         "anomaly_detector",
+        "model_promotion",
         "scored_anomalies",
     }
     registry = demo_defs.resources["model_registry"]

@@ -16,9 +16,9 @@ telemetry_job = dg.define_asset_job(
 )
 training_job = dg.define_asset_job(
     "training_job",
-    selection=dg.AssetSelection.assets("cohort_stats", "baselines", "anomaly_detector"),
+    selection=dg.AssetSelection.assets("cohort_stats", "baselines", "anomaly_detector", "model_promotion"),
     partitions_def=daily_partitions,
-    description="Fit cohort stats and baselines and train and register a detector on the window ending with the partition.",
+    description="Fit cohort stats and baselines, train and register a detector on the window ending with the partition, then run the promotion gate.",
 )
 scoring_job = dg.define_asset_job(
     "scoring_job",

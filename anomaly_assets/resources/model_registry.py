@@ -8,6 +8,8 @@ carries an alias.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,16 @@ PIP_REQUIREMENTS = ["scikit-learn>=1.9,<1.10", "pandas>=3,<4", "numpy>=2,<3", "j
 PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 
 
+CHAMPION_HISTORY_TAG = "champion_history"  # MLflow keeps no alias history; the project does
+HISTORY_LIMIT = 40
+
+
 class NoChampionError(LookupError):
     pass
+
+
+class RegistryError(RuntimeError):
+    """MLflow could not be reached or failed; the message names the tracking URI."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +82,10 @@ class MlflowModelRegistry(dg.ConfigurableResource):
         from anomaly_assets.model_package import MODEL_ARTIFACT, FleetAnomalyPyfunc
 
         client = self.client()
-        experiment_id = self._experiment_id(client)
+        try:
+            experiment_id = self._experiment_id(client)
+        except Exception as error:
+            raise RegistryError(f"MLflow at {self.tracking_uri} is unreachable or failing: {error}") from error
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
             mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
@@ -90,13 +103,96 @@ class MlflowModelRegistry(dg.ConfigurableResource):
                     pip_requirements=PIP_REQUIREMENTS,
                     code_paths=[PACKAGE_DIR],
                 )
-        version = mlflow.register_model(info.model_uri, self.model_name, tags=tags)
-        aliases = [CHALLENGER]
-        if self.alias_version(CHAMPION) is None:
-            aliases.append(CHAMPION)  # the first trained version becomes champion
-        for alias in aliases:
-            client.set_registered_model_alias(self.model_name, alias, version.version)
+        try:
+            version = mlflow.register_model(info.model_uri, self.model_name, tags=tags)
+        except MlflowException as error:
+            raise RegistryError(f"registering {self.model_name} at {self.tracking_uri} failed: {error}") from error
+        try:
+            aliases = [CHALLENGER]
+            client.set_registered_model_alias(self.model_name, CHALLENGER, version.version)
+            if self.alias_version(CHAMPION) is None:  # the first trained version becomes champion
+                self.set_champion(str(version.version), reason="first trained version", actor="anomaly_detector")
+                aliases.append(CHAMPION)
+        except Exception as error:
+            # Never leave a half-registered version behind: drop it, so no alias can point at it.
+            client.delete_model_version(self.model_name, version.version)
+            raise RegistryError(
+                f"setting aliases on {self.model_name} version {version.version} at {self.tracking_uri} failed "
+                f"({error}); the version was deleted"
+            ) from error
         return RegisteredVersion(self.model_name, str(version.version), run.info.run_id, tuple(aliases))
+
+    def champion_history(self) -> list[dict[str, str]]:
+        """Every champion change, oldest first: version, previous, action, reason, actor, at."""
+        try:
+            tags = self.client().get_registered_model(self.model_name).tags
+        except MlflowException:
+            return []
+        return json.loads(tags.get(CHAMPION_HISTORY_TAG, "[]"))
+
+    def set_champion(self, version: str, reason: str, actor: str, action: str = "promote") -> dict[str, str]:
+        client = self.client()
+        try:
+            client.get_model_version(self.model_name, version)
+        except MlflowException as error:
+            raise LookupError(f"{self.model_name} has no version {version} at {self.tracking_uri}") from error
+        history = self.champion_history()
+        entry = {
+            "version": str(version),
+            "previous": self.alias_version(CHAMPION) or "",
+            "action": action,
+            "reason": reason,
+            "actor": actor,
+            "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        history = (history + [entry])[-HISTORY_LIMIT:]
+        client.set_registered_model_tag(self.model_name, CHAMPION_HISTORY_TAG, json.dumps(history))
+        client.set_registered_model_alias(self.model_name, CHAMPION, str(version))
+        client.set_model_version_tag(self.model_name, str(version), "champion_since", entry["at"])
+        return entry
+
+    def rollback(self, reason: str, actor: str) -> dict[str, str]:
+        """Move ``champion`` back to the version it pointed at before the current one."""
+        stack: list[str] = []
+        for entry in self.champion_history():
+            if entry["action"] == "rollback":
+                stack = stack[:-1]
+            elif not stack or stack[-1] != entry["version"]:
+                stack.append(entry["version"])
+        if len(stack) < 2:
+            raise LookupError(f"{self.model_name} has no previous champion to roll back to (history: {stack})")
+        return self.set_champion(stack[-2], reason=reason, actor=actor, action="rollback")
+
+    def list_versions(self) -> list[dict[str, Any]]:
+        client = self.client()
+        try:
+            versions = client.search_model_versions(f"name = '{self.model_name}'")
+        except MlflowException as error:
+            raise RegistryError(f"listing {self.model_name} at {self.tracking_uri} failed: {error}") from error
+        aliases_by_version: dict[str, list[str]] = {}
+        for alias, version in client.get_registered_model(self.model_name).aliases.items() if versions else []:
+            aliases_by_version.setdefault(str(version), []).append(alias)
+        rows = []
+        for v in sorted(versions, key=lambda v: int(v.version)):
+            metrics = client.get_run(v.run_id).data.metrics if v.run_id else {}
+            rows.append(
+                {
+                    "version": str(v.version),
+                    "aliases": sorted(aliases_by_version.get(str(v.version), [])),
+                    "created": datetime.datetime.fromtimestamp(v.creation_timestamp / 1000, datetime.UTC).isoformat(timespec="seconds"),
+                    "training_window": v.tags.get("training_window", ""),
+                    "auc_pr": metrics.get("auc_pr"),
+                    "auc_roc": metrics.get("auc_roc"),
+                    "gate": v.tags.get("promotion_decision", ""),
+                    "run_id": v.run_id,
+                }
+            )
+        return rows
+
+    def tag_version(self, version: str, tags: dict[str, str]) -> None:
+        client = self.client()
+        for key, value in tags.items():
+            client.set_model_version_tag(self.model_name, str(version), key, str(value)[:5000])
 
     def alias_version(self, alias: str) -> str | None:
         try:

@@ -4,7 +4,7 @@
 import dagster as dg
 import pandas as pd
 
-from anomaly_assets.core.features import FeatureSpec, build_device_features
+from anomaly_assets.core.features import FeatureSpec, build_daily_features
 from anomaly_assets.defs.partitions import (
     daily_partitions,
     markdown_preview,
@@ -46,7 +46,7 @@ def device_features(
         raise dg.Failure(description=f"validated_telemetry has no rows in [{start}, {end}) to build features from")
     lookback_rows = int((validated_telemetry["timestamp"] < start).sum())
     spec = feature_spec(telemetry_source)
-    features = build_device_features(validated_telemetry, spec, keep_from=start)
+    features = build_daily_features(validated_telemetry, spec, list(pd.date_range(start, end, freq="D", inclusive="left")))
     describe = lambda rows: {  # noqa: E731
         "dagster/row_count": len(rows),
         "feature_spec_hash": spec.hash,

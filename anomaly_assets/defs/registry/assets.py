@@ -1,0 +1,113 @@
+"""model_promotion (the gate after every training run) and the manual promote / rollback jobs."""
+
+import dataclasses
+
+import dagster as dg
+import pandas as pd
+
+from anomaly_assets.core.promotion import GateConfig, evaluate_gate
+from anomaly_assets.defs.partitions import daily_partitions
+from anomaly_assets.defs.training.assets import anomaly_detector
+from anomaly_assets.resources import MlflowModelRegistry
+from anomaly_assets.resources.model_registry import CHALLENGER, CHAMPION
+
+
+class PromotionConfig(dg.Config):
+    max_auc_pr_drop: float = GateConfig.max_auc_pr_drop
+    max_event_f1_drop: float = GateConfig.max_event_f1_drop
+    max_alert_increase: float = GateConfig.max_alert_increase
+    max_alerts_per_1000_devices_per_day: float | None = GateConfig.max_alerts_per_1000_devices_per_day
+    max_alert_rate: float = GateConfig.max_alert_rate
+    max_score_psi: float = GateConfig.max_score_psi
+    label_column: str = "is_injected_anomaly"
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    group_name="training",
+    kinds={"mlflow"},
+    owners=["team:fleet-analytics"],
+    code_version="1",
+    deps=[anomaly_detector],
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
+    description="Shadow-scores the challenger and the champion on the partition's features and moves "
+    "'champion' only when the gate passes; the decision and its reasons go to MLflow tags and metadata.",
+)
+def model_promotion(
+    context: dg.AssetExecutionContext,
+    config: PromotionConfig,
+    device_features: pd.DataFrame,
+    model_registry: MlflowModelRegistry,
+) -> dg.MaterializeResult:
+    challenger_version = model_registry.alias_version(CHALLENGER)
+    champion_version = model_registry.alias_version(CHAMPION)
+    if challenger_version is None:
+        raise dg.Failure(description=f"{model_registry.model_name} has no '{CHALLENGER}': materialize anomaly_detector first")
+    if challenger_version == champion_version:
+        return dg.MaterializeResult(
+            metadata={"decision": "no change", "reason": f"challenger version {challenger_version} is already champion",
+                      "champion_version": champion_version}
+        )
+    rows = device_features.sort_values(["device_id", "timestamp"], ignore_index=True)
+    challenger = model_registry.load_version(challenger_version).score(rows)
+    champion = model_registry.load_version(champion_version).score(rows)
+    labels = rows[config.label_column].to_numpy(dtype=bool) if config.label_column in rows else None
+    gate = GateConfig(**config.model_dump(exclude={"label_column"}))
+    decision = evaluate_gate(challenger, champion, labels, gate)
+    model_registry.tag_version(
+        challenger_version,
+        {
+            "promotion_decision": "passed" if decision.passed else "refused",
+            "promotion_reasons": "; ".join(decision.reasons),
+            "promotion_compared_with": champion_version,
+            "promotion_partition": context.partition_key,
+        },
+    )
+    if decision.passed:
+        model_registry.set_champion(
+            challenger_version, reason="; ".join(decision.reasons), actor=f"model_promotion run {context.run.run_id}"
+        )
+    table = pd.DataFrame({"challenger": decision.challenger, "champion": decision.champion}).round(4)
+    return dg.MaterializeResult(
+        metadata={
+            "decision": "promoted" if decision.passed else "refused",
+            "challenger_version": challenger_version,
+            "previous_champion_version": champion_version,
+            "champion_version": model_registry.alias_version(CHAMPION),
+            "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)),
+            "comparison": dg.MetadataValue.md(table.to_markdown()),
+            "gate_config": dg.MetadataValue.json(dataclasses.asdict(gate)),
+            "evaluated_rows": len(rows),
+        }
+    )
+
+
+class PromoteConfig(dg.Config):
+    version: str
+    reason: str = "manual promotion"
+
+
+class RollbackConfig(dg.Config):
+    reason: str = "manual rollback"
+
+
+@dg.op
+def promote_model(context: dg.OpExecutionContext, config: PromoteConfig, model_registry: MlflowModelRegistry) -> None:
+    entry = model_registry.set_champion(config.version, reason=config.reason, actor=f"dagster run {context.run_id}")
+    context.log.info(f"champion moved from version {entry['previous'] or '-'} to {entry['version']}")
+
+
+@dg.op
+def rollback_model(context: dg.OpExecutionContext, config: RollbackConfig, model_registry: MlflowModelRegistry) -> None:
+    entry = model_registry.rollback(reason=config.reason, actor=f"dagster run {context.run_id}")
+    context.log.info(f"champion rolled back from version {entry['previous']} to {entry['version']}")
+
+
+@dg.job(description="Point the 'champion' alias at a version (run config: version, reason).")
+def promote_model_job():
+    promote_model()
+
+
+@dg.job(description="Move 'champion' back to the previous champion (run config: reason).")
+def rollback_model_job():
+    rollback_model()

@@ -1,0 +1,188 @@
+"""MLflow registry lifecycle: tags and aliases, the promotion gate, manual promote and rollback,
+pyfunc parity with scored_anomalies, reproducible re-scoring, registry failures."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_assets.cli import main
+from anomaly_assets.core.promotion import GateConfig, evaluate_gate
+from anomaly_assets.definitions import build_definitions
+from anomaly_assets.resources.model_registry import MlflowModelRegistry, RegistryError
+from anomaly_assets_tests.conftest import small_settings
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    saved = dict(os.environ)
+    home = tmp_path_factory.mktemp("lifecycle") / "home"
+    assert main(["demo", "--devices", "30", "--days", "9", "--seed", "11", "--home", str(home), "--json"]) == 0
+    yield home
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="module")
+def defs(home):
+    return build_definitions(small_settings(home))
+
+
+@pytest.fixture(scope="module")
+def registry(defs) -> MlflowModelRegistry:
+    return defs.resources["model_registry"]
+
+
+def _instance(home) -> dg.DagsterInstance:
+    return dg.DagsterInstance.from_config(str(home / "dagster"))
+
+
+def test_first_version_is_tagged_challenger_and_champion(registry):
+    version = registry.client().get_model_version(registry.model_name, "1")
+    assert version.tags["training_window"] == "2026-11-01..2026-11-07"
+    assert version.tags["source_partitions"].split(",")[0] == "2026-11-01"
+    assert len(version.tags["feature_spec_hash"]) == 16
+    assert version.tags["dagster_run_id"]
+    assert version.tags["code_version"] == "1"
+    assert registry.alias_version("champion") == "1"
+    assert registry.alias_version("challenger") == "1"
+
+
+def test_pyfunc_champion_scores_raw_telemetry_exactly_like_scored_anomalies(home, registry):
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{registry.model_name}@champion")
+    raw = pd.concat(
+        [pd.read_parquet(home / "parquet" / "raw_telemetry" / f"{d}.parquet") for d in ("2026-11-07", "2026-11-08")],
+        ignore_index=True,
+    )
+    predicted = model.predict(raw)
+    predicted = predicted.loc[predicted["timestamp"] >= pd.Timestamp("2026-11-08", tz="UTC")].reset_index(drop=True)
+    scored = pd.read_parquet(home / "parquet" / "scored_anomalies" / "2026-11-08.parquet")
+    assert len(predicted) == len(scored) > 0
+    pd.testing.assert_series_equal(predicted["device_id"], scored["device_id"], check_dtype=False)
+    np.testing.assert_allclose(predicted["score"], scored["score"], rtol=0, atol=1e-12)
+    assert (predicted["is_anomaly"].to_numpy() == scored["is_anomaly"].to_numpy()).all()
+    assert (predicted["top_feature_1"].to_numpy() == scored["top_feature_1"].to_numpy()).all()
+
+
+def test_rescoring_with_the_same_version_is_identical(home, defs):
+    path = home / "parquet" / "scored_anomalies" / "2026-11-09.parquet"
+    before = pd.read_parquet(path)
+    result = defs.resolve_job_def("scoring_job").execute_in_process(
+        instance=_instance(home), partition_key="2026-11-09", run_config=QUIET
+    )
+    assert result.success
+    after = pd.read_parquet(path)
+    pd.testing.assert_frame_equal(before, after)
+    assert set(after["model_version"]) == {"1"}
+
+
+def _materialize_promotion(defs, home, partition_key, config=None):
+    run_config = dict(QUIET)
+    if config:
+        run_config["ops"] = {"model_promotion": {"config": config}}
+    result = defs.resolve_job_def("training_job").execute_in_process(
+        instance=_instance(home), partition_key=partition_key, run_config=run_config
+    )
+    assert result.success
+    [event] = [
+        e.materialization for e in result.get_asset_materialization_events()
+        if e.materialization.asset_key == dg.AssetKey("model_promotion")
+    ]
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def test_gate_refuses_a_worse_challenger_and_records_why(home, defs, registry):
+    # A challenger that may not flag more than 0.0001x the champion's alerts is refused.
+    decision = _materialize_promotion(defs, home, "2026-11-08", {"max_alert_increase": 0.0001})
+    assert decision["decision"] == "refused"
+    assert "fail:" in decision["reasons"]
+    assert registry.alias_version("champion") == "1"
+    assert registry.alias_version("challenger") == "2"
+    tags = registry.client().get_model_version(registry.model_name, "2").tags
+    assert tags["promotion_decision"] == "refused"
+    assert "exceeds" in tags["promotion_reasons"]
+
+
+def test_gate_promotes_a_challenger_that_passes(home, defs, registry):
+    lenient = {"max_alert_increase": 100.0, "max_auc_pr_drop": 1.0, "max_event_f1_drop": 1.0}
+    decision = _materialize_promotion(defs, home, "2026-11-09", lenient)
+    assert decision["decision"] == "promoted"
+    assert registry.alias_version("champion") == "3"
+    assert registry.champion_history()[-1]["version"] == "3"
+
+
+def test_manual_promote_and_rollback_from_the_cli(home, registry, capsys, restore_environ):
+    os.environ["ANOMALY_ASSETS_HOME"] = str(home)
+    assert main(["model", "promote", "--version", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == "2"
+    assert registry.alias_version("champion") == "2"
+    assert main(["model", "rollback", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) | {"version": "3", "previous": "2"} == json.loads(
+        json.dumps(registry.champion_history()[-1])
+    )
+    assert registry.alias_version("champion") == "3"
+    assert main(["model", "list", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [v["version"] for v in listing["versions"]] == ["1", "2", "3"]
+    assert "champion" in listing["versions"][2]["aliases"]
+    assert main(["model", "promote", "--version", "99"]) == 2
+    assert "no version 99" in capsys.readouterr().err
+
+
+def test_rollback_and_promote_jobs_run_from_dagster(home, defs, registry):
+    promote = defs.resolve_job_def("promote_model_job").execute_in_process(
+        instance=_instance(home),
+        run_config={"ops": {"promote_model": {"config": {"version": "1", "reason": "test"}}}},
+    )
+    assert promote.success and registry.alias_version("champion") == "1"
+    rollback = defs.resolve_job_def("rollback_model_job").execute_in_process(instance=_instance(home))
+    assert rollback.success and registry.alias_version("champion") == "3"
+
+
+def test_failed_alias_step_leaves_no_version_behind(home, registry, monkeypatch):
+    from anomaly_assets.core.detector import FleetAnomalyModel  # noqa: F401  (model comes from the registry)
+
+    model = registry.load_version("1")
+    before = {v["version"] for v in registry.list_versions()}
+
+    def broken(*args, **kwargs):
+        raise mlflow.exceptions.MlflowException("registry went away")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", broken)
+    with pytest.raises(RegistryError, match="was deleted"):
+        registry.register(model, params={}, metrics={}, tags={"t": "1"}, tables={}, run_name="broken")
+    monkeypatch.undo()
+    assert {v["version"] for v in registry.list_versions()} == before
+
+
+def test_unreachable_tracking_server_gives_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    registry = MlflowModelRegistry(tracking_uri="http://127.0.0.1:9")
+    with pytest.raises(RegistryError, match="127.0.0.1:9"):
+        registry.register(None, params={}, metrics={}, tags={}, tables={}, run_name="x")
+
+
+def test_gate_logic_without_labels_checks_alert_rate_and_stability():
+    rows = pd.DataFrame(
+        {"device_id": np.repeat(["a", "b"], 50), "timestamp": pd.date_range("2026-11-01", periods=100, freq="5min", tz="UTC")}
+    )
+    rng = np.random.default_rng(0)
+    champion = rows.assign(score=rng.uniform(0.3, 0.5, 100), is_anomaly=False)
+    champion.loc[::25, "is_anomaly"] = True
+    similar = champion.assign(score=champion["score"] + rng.normal(0, 0.001, 100))
+    assert evaluate_gate(similar, champion, labels=None).passed
+    shifted = champion.assign(score=champion["score"] + 0.3)
+    decision = evaluate_gate(shifted, champion, labels=None, config=GateConfig())
+    assert not decision.passed and any("PSI" in r for r in decision.reasons if r.startswith("fail"))
+    noisy = champion.assign(is_anomaly=True)
+    assert not evaluate_gate(noisy, champion, labels=None).passed
