@@ -22,6 +22,12 @@ class Settings:
     training_days: int = 7
     fleet_devices: int = 200
     fleet_seed: int = 7
+    fleet_shift_offset_days: int | None = None  # synthetic fleet-wide firmware shift (exercises drift)
+    scoring_cron: str = "0 2 * * *"  # daily: score yesterday
+    retraining_cron: str = "0 4 * * 1"  # weekly: train, register, gate
+    drift_min_features: int = 3  # K: drifted features that make a partition drifted
+    drift_consecutive_partitions: int = 2  # M: drifted partitions in a row that request retraining
+    drift_sensor_interval_seconds: int = 300
 
     def __post_init__(self) -> None:
         if self.environment not in ENVIRONMENTS:
@@ -40,6 +46,18 @@ class Settings:
             training_days=int(env.get("ANOMALY_ASSETS_TRAINING_DAYS", defaults.training_days)),
             fleet_devices=int(env.get("ANOMALY_ASSETS_FLEET_DEVICES", defaults.fleet_devices)),
             fleet_seed=int(env.get("ANOMALY_ASSETS_FLEET_SEED", defaults.fleet_seed)),
+            fleet_shift_offset_days=(
+                int(env["ANOMALY_ASSETS_FLEET_SHIFT_OFFSET_DAYS"]) if env.get("ANOMALY_ASSETS_FLEET_SHIFT_OFFSET_DAYS") else None
+            ),
+            scoring_cron=env.get("ANOMALY_ASSETS_SCORING_CRON", defaults.scoring_cron),
+            retraining_cron=env.get("ANOMALY_ASSETS_RETRAINING_CRON", defaults.retraining_cron),
+            drift_min_features=int(env.get("ANOMALY_ASSETS_DRIFT_MIN_FEATURES", defaults.drift_min_features)),
+            drift_consecutive_partitions=int(
+                env.get("ANOMALY_ASSETS_DRIFT_CONSECUTIVE_PARTITIONS", defaults.drift_consecutive_partitions)
+            ),
+            drift_sensor_interval_seconds=int(
+                env.get("ANOMALY_ASSETS_DRIFT_SENSOR_INTERVAL_SECONDS", defaults.drift_sensor_interval_seconds)
+            ),
         )
 
     @property
@@ -86,6 +104,9 @@ def export_to_environment(settings: Settings) -> None:
             "ANOMALY_ASSETS_TRAINING_DAYS": str(settings.training_days),
             "ANOMALY_ASSETS_FLEET_DEVICES": str(settings.fleet_devices),
             "ANOMALY_ASSETS_FLEET_SEED": str(settings.fleet_seed),
+            "ANOMALY_ASSETS_FLEET_SHIFT_OFFSET_DAYS": (
+                "" if settings.fleet_shift_offset_days is None else str(settings.fleet_shift_offset_days)
+            ),
             "DAGSTER_HOME": str(settings.dagster_home),
         }
     )

@@ -17,6 +17,7 @@ from sklearn.ensemble import IsolationForest
 
 from anomaly_assets.core.baselines import baseline_exceedance
 from anomaly_assets.core.cohorts import cohort_keys, cohort_z_scores
+from anomaly_assets.core.drift import DriftReference, fit_drift_reference
 from anomaly_assets.core.features import FeatureSpec
 from anomaly_assets.core.metrics import classification_metrics
 
@@ -63,6 +64,12 @@ class FleetAnomalyModel:
     threshold: float
     score_reference: float  # median validation score: severity 0 below it, 50 at the threshold
     training_summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+    drift_reference: DriftReference | None = None  # the training distribution feature_drift compares with
+
+    def monitoring_frame(self, device_features: pd.DataFrame) -> pd.DataFrame:
+        """The columns drift is measured on: the raw metrics and the forest's features."""
+        frame = _model_frame(device_features, self.spec, self.cohort_stats, self.baselines)
+        return frame[_monitored(self.spec, self.feature_columns)]
 
     def model_matrix(self, device_features: pd.DataFrame) -> np.ndarray:
         """The forest's input: device features plus cohort features, NaN imputed with medians."""
@@ -119,6 +126,10 @@ def _model_frame(
         ],
         axis=1,
     )
+
+
+def _monitored(spec: FeatureSpec, feature_columns: list[str]) -> list[str]:
+    return list(dict.fromkeys([*spec.metrics, *feature_columns]))
 
 
 def _robust_scales(values: np.ndarray) -> np.ndarray:
@@ -179,6 +190,7 @@ def train_detector(
         forest=forest,
         threshold=np.inf,
         score_reference=0.0,
+        drift_reference=fit_drift_reference(fit_frame, _monitored(spec, feature_columns), seed=config.random_state),
     )
     validation_scores = model.raw_scores(model.model_matrix(validation_part))
     labels = (

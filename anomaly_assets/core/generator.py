@@ -77,6 +77,12 @@ class FleetConfig:
     # The bad firmware release reaches one cohort this many days after start_date (None: never).
     cohort_regression_offset_days: int | None = 8
     packet_loss: float = 0.003  # share of samples never delivered (not labelled: normal loss)
+    # A fleet-wide firmware update from this many days after start_date on (None: never): it moves
+    # one metric's level on every device for good. Not labelled: it is the new normal, which drift
+    # monitoring should notice and retraining should absorb.
+    fleet_shift_offset_days: int | None = None
+    fleet_shift_metric: str = "memory_used_pct"
+    fleet_shift_size: float = 12.0
 
     def __post_init__(self) -> None:
         if self.n_devices < 1:
@@ -86,6 +92,8 @@ class FleetConfig:
         unknown = sorted({c[1] for c in self.cohorts} - DEVICE_MODELS.keys())
         if unknown:
             raise ValueError(f"unknown device models in cohorts: {unknown}; known: {sorted(DEVICE_MODELS)}")
+        if self.fleet_shift_metric not in METRICS:
+            raise ValueError(f"fleet_shift_metric {self.fleet_shift_metric!r} is not one of {METRICS}")
         unknown_os = sorted({c[2] for c in self.cohorts} - OS_VERSIONS.keys())
         if unknown_os:
             raise ValueError(f"unknown os versions in cohorts: {unknown_os}; known: {sorted(OS_VERSIONS)}")
@@ -95,6 +103,12 @@ class FleetConfig:
         if self.cohort_regression_offset_days is None:
             return None
         return self.start_date + dt.timedelta(days=self.cohort_regression_offset_days)
+
+    @property
+    def fleet_shift_date(self) -> dt.date | None:
+        if self.fleet_shift_offset_days is None:
+            return None
+        return self.start_date + dt.timedelta(days=self.fleet_shift_offset_days)
 
     @property
     def samples_per_day(self) -> int:
@@ -228,6 +242,8 @@ def generate_day(config: FleetConfig, day: dt.date) -> pd.DataFrame:
         "app_crashes": crashes,
         "reboots": reboots,
     }
+    if config.fleet_shift_date is not None and day >= config.fleet_shift_date:
+        values[config.fleet_shift_metric] = values[config.fleet_shift_metric] + config.fleet_shift_size
     _inject_device_faults(config, day, values, labels, t_count)
     values["cpu_util_pct"] = np.clip(values["cpu_util_pct"], 0, 100)
     values["memory_used_pct"] = np.clip(values["memory_used_pct"], 0, 100)

@@ -22,7 +22,7 @@ training_job = dg.define_asset_job(
 )
 scoring_job = dg.define_asset_job(
     "scoring_job",
-    selection=INGESTION_AND_FEATURES | dg.AssetSelection.assets("scored_anomalies"),
+    selection=INGESTION_AND_FEATURES | dg.AssetSelection.assets("scored_anomalies", "feature_drift"),
     partitions_def=daily_partitions,
-    description="Everything from raw telemetry to scored anomalies for a day, with the champion model.",
+    description="Everything from raw telemetry to scored anomalies and feature drift for a day, with the champion model.",
 )

@@ -22,7 +22,10 @@ __all__ = [
 
 def build_resources(settings: Settings) -> dict[str, object]:
     telemetry_source = SyntheticFleetSource(
-        n_devices=settings.fleet_devices, seed=settings.fleet_seed, start_date=settings.start_date.isoformat()
+        n_devices=settings.fleet_devices,
+        seed=settings.fleet_seed,
+        start_date=settings.start_date.isoformat(),
+        fleet_shift_offset_days=settings.fleet_shift_offset_days,
     )
     if settings.environment == "production":
         return {

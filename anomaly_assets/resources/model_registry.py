@@ -189,6 +189,13 @@ class MlflowModelRegistry(dg.ConfigurableResource):
             )
         return rows
 
+    def latest_version(self) -> str | None:
+        try:
+            versions = self.client().search_model_versions(f"name = '{self.model_name}'")
+        except MlflowException as error:
+            raise RegistryError(f"listing {self.model_name} at {self.tracking_uri} failed: {error}") from error
+        return str(max(int(v.version) for v in versions)) if versions else None
+
     def tag_version(self, version: str, tags: dict[str, str]) -> None:
         client = self.client()
         for key, value in tags.items():

@@ -62,6 +62,21 @@ quarantined_telemetry = sa.Table(
 )
 
 
+feature_drift_results = sa.Table(
+    "feature_drift",
+    metadata,
+    sa.Column("partition_date", sa.String(10), nullable=False),
+    sa.Column("feature", sa.String(256), nullable=False),
+    sa.Column("psi", sa.Float, nullable=False),
+    sa.Column("ks", sa.Float, nullable=False),
+    sa.Column("reference_median", sa.Float),
+    sa.Column("current_median", sa.Float),
+    sa.Column("drifted", sa.Boolean, nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.UniqueConstraint("partition_date", "feature", name="uq_feature_drift"),
+)
+
+
 class ResultsStore(dg.ConfigurableResource):
     """SQLAlchemy URL of the results database, e.g. ``sqlite:///results.db`` or ``postgresql+psycopg2://...``."""
 

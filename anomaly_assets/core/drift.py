@@ -1,0 +1,85 @@
+"""Per-feature drift of a partition against the training reference stored with the model:
+PSI on the reference's quantile bins, and the two-sample Kolmogorov-Smirnov statistic."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+from scipy.stats import ks_2samp
+
+DRIFT_COLUMNS = ("feature", "psi", "ks", "reference_median", "current_median", "drifted")
+
+
+@dataclasses.dataclass
+class DriftReference:
+    features: list[str]
+    edges: list[np.ndarray]  # per feature: bin edges, -inf and +inf at the ends
+    proportions: list[np.ndarray]  # per feature: share of reference rows per bin
+    sample: np.ndarray  # (rows, features) reference sample for the KS statistic
+    medians: np.ndarray
+
+
+def fit_drift_reference(
+    frame: pd.DataFrame, features: list[str], bins: int = 10, sample_size: int = 5000, seed: int = 0
+) -> DriftReference:
+    values = frame[features].to_numpy(dtype=np.float64)
+    edges, proportions = [], []
+    for j in range(values.shape[1]):
+        column = values[:, j][np.isfinite(values[:, j])]
+        if len(column) == 0:
+            column = np.zeros(1)
+        cut = np.unique(np.quantile(column, np.linspace(0, 1, bins + 1)[1:-1]))
+        feature_edges = np.concatenate(([-np.inf], cut, [np.inf]))
+        edges.append(feature_edges)
+        proportions.append(_proportions(column, feature_edges))
+    rng = np.random.default_rng(seed)
+    take = rng.choice(len(values), size=min(sample_size, len(values)), replace=False) if len(values) else []
+    return DriftReference(
+        features=list(features),
+        edges=edges,
+        proportions=proportions,
+        sample=values[take],
+        medians=np.nanmedian(values, axis=0) if len(values) else np.zeros(len(features)),
+    )
+
+
+def _proportions(column: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    # Right-closed bins, so a point mass (e.g. zero crashes) falls in one bin on both sides.
+    counts = np.bincount(np.searchsorted(edges[1:-1], column, side="left"), minlength=len(edges) - 1)
+    return counts / max(len(column), 1)
+
+
+def feature_drift(
+    reference: DriftReference, current: pd.DataFrame, psi_threshold: float = 0.2, sample_size: int = 5000, seed: int = 0
+) -> pd.DataFrame:
+    """One row per reference feature, most drifted first; ``drifted`` when PSI >= the threshold."""
+    missing = [f for f in reference.features if f not in current]
+    if missing:
+        raise KeyError(f"current frame lacks drift-monitored features: {missing}")
+    values = current[reference.features].to_numpy(dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    take = rng.choice(len(values), size=min(sample_size, len(values)), replace=False)
+    rows = []
+    for j, feature in enumerate(reference.features):
+        column = values[:, j][np.isfinite(values[:, j])]
+        expected = np.clip(reference.proportions[j], 1e-4, None)
+        actual = np.clip(_proportions(column, reference.edges[j]), 1e-4, None)
+        psi = float(np.sum((actual - expected) * np.log(actual / expected)))
+        ref_sample = reference.sample[:, j][np.isfinite(reference.sample[:, j])]
+        cur_sample = values[take, j][np.isfinite(values[take, j])]
+        ks = float(ks_2samp(ref_sample, cur_sample).statistic) if len(ref_sample) and len(cur_sample) else 0.0
+        rows.append((feature, psi, ks, float(reference.medians[j]), float(np.median(column)) if len(column) else np.nan, psi >= psi_threshold))
+    table = pd.DataFrame(rows, columns=list(DRIFT_COLUMNS))
+    return table.sort_values("psi", ascending=False, ignore_index=True)
+
+
+def drift_streak_end(drifted_counts: dict[str, int], min_features: int, consecutive: int) -> str | None:
+    """The latest partition (``YYYY-MM-DD``) if it and the ``consecutive - 1`` calendar days before
+    it each have at least ``min_features`` drifted features; otherwise None."""
+    if not drifted_counts:
+        return None
+    latest = max(drifted_counts)
+    days = [(pd.Timestamp(latest) - pd.Timedelta(days=i)).strftime("%Y-%m-%d") for i in range(consecutive)]
+    return latest if all(drifted_counts.get(day, -1) >= min_features for day in days) else None
