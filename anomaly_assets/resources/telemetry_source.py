@@ -52,6 +52,7 @@ class SyntheticFleetSource(TelemetrySource):
     start_date: str = "2026-11-01"
     device_fault_rate: float = 0.05
     cohort_regression_offset_days: int | None = 8
+    fleet_shift_offset_days: int | None = None
 
     def fleet_config(self) -> generator.FleetConfig:
         return generator.FleetConfig(
@@ -61,6 +62,7 @@ class SyntheticFleetSource(TelemetrySource):
             start_date=dt.date.fromisoformat(self.start_date),
             device_fault_rate=self.device_fault_rate,
             cohort_regression_offset_days=self.cohort_regression_offset_days,
+            fleet_shift_offset_days=self.fleet_shift_offset_days,
         )
 
     def contract(self) -> TelemetryContract:

@@ -21,6 +21,7 @@ class DriftConfig(dg.Config):
     kinds={"pandas", "sql"},
     owners=["team:fleet-analytics"],
     code_version="1",
+    backfill_policy=dg.BackfillPolicy.single_run(),  # measures each day of the run separately
     check_specs=[
         dg.AssetCheckSpec(
             "no_feature_drift",
