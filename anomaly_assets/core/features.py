@@ -91,9 +91,13 @@ def build_device_features(
         delta = np.full_like(values, np.nan)
         delta[1:] = values[1:] - values[:-1]
         out[f"{metric}__delta"] = np.where(same_device_as_previous, delta, np.nan)
+        # Prefix sums leave float noise (~1e-12 of the metric's scale) where the true result is
+        # 0 (a flat window): snap it to 0, so sparse metrics do not show spurious tiny values.
+        scale = np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0
         for window, starts in window_starts.items():
-            mean, std = _rolling_mean_std(values, starts)
-            out[f"{metric}__dev_{window}"] = values - mean
+            mean, std = _rolling_mean_std(values, starts, scale)
+            deviation = values - mean
+            out[f"{metric}__dev_{window}"] = np.where(np.abs(deviation) <= 1e-9 * scale, 0.0, deviation)
             out[f"{metric}__std_{window}"] = std
 
     hour = (time_ms % 86_400_000) / 3_600_000.0
@@ -113,8 +117,11 @@ def build_device_features(
     return features
 
 
-def _rolling_mean_std(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and sample std (ddof=1) over rows ``starts[i]..i``, ignoring NaN."""
+def _rolling_mean_std(values: np.ndarray, starts: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample std (ddof=1) over rows ``starts[i]..i``, ignoring NaN.
+
+    ``scale`` is the metric's magnitude: variances below 1e-12 of its square are float noise.
+    """
     finite = np.isfinite(values)
     # Centre before squaring: prefix sums of squares lose precision on large offsets.
     center = np.nanmean(values) if finite.any() else 0.0
@@ -126,7 +133,7 @@ def _rolling_mean_std(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarra
         mean_centred = total / count
         var = (squares - total * mean_centred) / (count - 1)
         # Cancellation leaves tiny non-zero variance on constant windows (a stuck sensor).
-        var = np.where(var <= 1e-10 * np.maximum(squares / count, 1e-12), 0.0, var)
+        var = np.where(var <= 1e-12 * scale * scale, 0.0, var)
     mean = np.where(count > 0, mean_centred + center, np.nan)
     std = np.where(count > 1, np.sqrt(var), np.nan)
     return mean, std
