@@ -21,6 +21,7 @@ def _demo(args: argparse.Namespace) -> int:
         training_days=args.train_days,
         fleet_devices=args.devices,
         fleet_seed=args.seed,
+        fleet_shift_offset_days=args.fleet_shift_day,
     )
     quiet = args.json
     for noisy in ("mlflow", "alembic", "dagster"):
@@ -57,6 +58,7 @@ def _demo(args: argparse.Namespace) -> int:
     env = (
         f"ANOMALY_ASSETS_HOME={home} ANOMALY_ASSETS_FLEET_DEVICES={settings.fleet_devices} "
         f"ANOMALY_ASSETS_FLEET_SEED={settings.fleet_seed} ANOMALY_ASSETS_TRAINING_DAYS={settings.training_days}"
+        + (f" ANOMALY_ASSETS_FLEET_SHIFT_OFFSET_DAYS={settings.fleet_shift_offset_days}" if settings.fleet_shift_offset_days is not None else "")
     )
     print("\nOpen the Dagster UI on these stores:   make dev")
     print(f"   (or: {env} DAGSTER_HOME={settings.dagster_home} .venv/bin/dagster dev -w workspace.yaml)")
@@ -122,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--days", type=int, default=10, help="days to materialize, training window included (default 10)")
     demo.add_argument("--seed", type=int, default=7, help="random seed of the fleet (default 7)")
     demo.add_argument("--train-days", type=int, default=7, help="days in the training window (default 7)")
+    demo.add_argument(
+        "--fleet-shift-day",
+        type=int,
+        help="inject a fleet-wide firmware shift from this day on (0 = first day), to exercise drift monitoring",
+    )
     demo.add_argument("--home", help="state directory (default $ANOMALY_ASSETS_HOME or .anomaly_home)")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.set_defaults(handler=_demo)

@@ -1,0 +1,74 @@
+"""Integration: a real dagster-daemon launches the daily scoring schedule and the drift sensor's
+retraining run, both succeed, and the daemon stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _run(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def test_daemon_runs_schedule_and_drift_sensor(tmp_path):
+    home = tmp_path / "home"
+    env = {
+        **os.environ,
+        "ANOMALY_ASSETS_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster"),
+        "ANOMALY_ASSETS_FLEET_DEVICES": "20",
+        "ANOMALY_ASSETS_FLEET_SEED": "5",
+        "ANOMALY_ASSETS_FLEET_SHIFT_OFFSET_DAYS": "7",
+        "ANOMALY_ASSETS_SCORING_CRON": "* * * * *",  # every minute, so the test sees a tick
+        "ANOMALY_ASSETS_DRIFT_SENSOR_INTERVAL_SECONDS": "5",
+    }
+    # Ten days with a firmware shift from day 8: scoring days 8-10 drift.
+    _run([str(BIN / "anomaly-assets"), "demo", "--devices", "20", "--seed", "5", "--fleet-shift-day", "7",
+          "--home", str(home), "--json"], env)
+    for kind, name in (("schedule", "daily_scoring_schedule"), ("sensor", "drift_retraining_sensor")):
+        _run([str(BIN / "dagster"), kind, "start", name, "-w", "workspace.yaml"], env)
+
+    log = open(tmp_path / "daemon.log", "w")
+    daemon = subprocess.Popen(
+        [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+    try:
+        deadline = time.monotonic() + 300
+        wanted = {"dagster/schedule_name": "daily_scoring_schedule", "dagster/sensor_name": "drift_retraining_sensor"}
+        finished: dict[str, dg.DagsterRunStatus] = {}
+        while time.monotonic() < deadline and len(finished) < len(wanted):
+            for tag, name in wanted.items():
+                runs = instance.get_runs(filters=dg.RunsFilter(tags={tag: name}))
+                done = [r for r in runs if r.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)]
+                if done:
+                    finished[name] = done[-1].status
+            assert daemon.poll() is None, "dagster-daemon exited early: " + (tmp_path / "daemon.log").read_text()[-3000:]
+            time.sleep(3)
+        assert finished == {name: dg.DagsterRunStatus.SUCCESS for name in wanted.values()}, (
+            finished, (tmp_path / "daemon.log").read_text()[-3000:]
+        )
+        [retraining] = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/sensor_name": "drift_retraining_sensor"}))
+        assert retraining.tags["dagster/partition"] == "2026-11-10"
+        assert retraining.job_name == "training_job"
+    finally:
+        daemon.send_signal(signal.SIGINT)
+        try:
+            code = daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            raise AssertionError("dagster-daemon did not stop within 60 s of SIGINT")
+        log.close()
+    assert code in (0, -signal.SIGINT, 130), f"daemon exit code {code}"
