@@ -48,6 +48,7 @@ class RegisteredVersion:
     version: str
     run_id: str
     aliases: tuple[str, ...]
+    experiment_id: str
 
 
 class MlflowModelRegistry(dg.ConfigurableResource):
@@ -56,6 +57,8 @@ class MlflowModelRegistry(dg.ConfigurableResource):
     experiment_name: str = "anomaly_assets"
     # Where a new experiment keeps artifacts; None lets the tracking server decide.
     artifact_location: str | None = None
+    # Base URL of the MLflow UI for links in Dagster metadata (`make mlflow` serves port 5000).
+    ui_url: str = "http://127.0.0.1:5000"
     _loaded: dict[str, FleetAnomalyModel] = PrivateAttr(default_factory=dict)
 
     def client(self) -> mlflow.MlflowClient:
@@ -77,6 +80,7 @@ class MlflowModelRegistry(dg.ConfigurableResource):
         tags: dict[str, str],
         tables: dict[str, pd.DataFrame],
         run_name: str,
+        figures: dict[str, Any] | None = None,
     ) -> RegisteredVersion:
         """Log a run with params, metrics and tables, register the pyfunc model, set aliases."""
         from anomaly_assets.model_package import MODEL_ARTIFACT, FleetAnomalyPyfunc
@@ -89,6 +93,8 @@ class MlflowModelRegistry(dg.ConfigurableResource):
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
             mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+            for name, figure in (figures or {}).items():
+                mlflow.log_figure(figure, f"figures/{name}.png")
             with tempfile.TemporaryDirectory() as tmp:
                 for name, table in tables.items():
                     path = Path(tmp, f"{name}.csv")
@@ -120,7 +126,34 @@ class MlflowModelRegistry(dg.ConfigurableResource):
                 f"setting aliases on {self.model_name} version {version.version} at {self.tracking_uri} failed "
                 f"({error}); the version was deleted"
             ) from error
-        return RegisteredVersion(self.model_name, str(version.version), run.info.run_id, tuple(aliases))
+        return RegisteredVersion(self.model_name, str(version.version), run.info.run_id, tuple(aliases), experiment_id)
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def log_scoring_run(
+        self, partition: str, model_version: str, metrics: dict[str, float], figures: dict[str, Any], tags: dict[str, str]
+    ) -> str:
+        """One MLflow run per scored partition (experiment ``<experiment>_scoring``); returns its UI URL."""
+        client = self.client()
+        name = f"{self.experiment_name}_scoring"
+        try:
+            experiment = client.get_experiment_by_name(name)
+            experiment_id = (
+                experiment.experiment_id
+                if experiment
+                else client.create_experiment(
+                    name, artifact_location=f"{self.artifact_location}/scoring" if self.artifact_location else None
+                )
+            )
+        except Exception as error:
+            raise RegistryError(f"MLflow at {self.tracking_uri} is unreachable or failing: {error}") from error
+        run_tags = {**tags, "partition": partition, "model_name": self.model_name, "model_version": model_version}
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"scored_anomalies {partition}", tags=run_tags) as run:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+            for figure_name, figure in figures.items():
+                mlflow.log_figure(figure, f"figures/{figure_name}.png")
+        return self.run_url(experiment_id, run.info.run_id)
 
     def champion_history(self) -> list[dict[str, str]]:
         """Every champion change, oldest first: version, previous, action, reason, actor, at."""

@@ -5,6 +5,8 @@ per-device daily summary go to the results database, replacing the partition's p
 import dagster as dg
 import pandas as pd
 
+from anomaly_assets import reports
+
 from anomaly_assets.core.scoring import daily_device_summary, top_devices
 from anomaly_assets.defs.partitions import (
     daily_partitions,
@@ -45,14 +47,31 @@ def scored_anomalies(
     results_store.replace_partitions(anomaly_events, days, events)
     results_store.replace_partitions(device_daily_summary, days, summary)
     training_end = pd.Timestamp(model.training_summary.get("validation_end", "1970-01-01"))
-    describe = lambda rows: {  # noqa: E731
-        "dagster/row_count": len(rows),
-        "anomalies": int(rows["is_anomaly"].sum()),
-        "anomaly_rate": round(float(rows["is_anomaly"].mean()), 6) if len(rows) else 0.0,
-        "devices_with_anomalies": int(rows.loc[rows["is_anomaly"], "device_id"].nunique()),
-        "model_name": model_registry.model_name,
-        "model_version": version,
-        "scores_training_days": bool(training_end >= start),
-        "top_devices": markdown_preview(top_devices(rows), rows=10),
-    }
+
+    def describe(rows: pd.DataFrame) -> dict:
+        day = rows["partition_date"].iloc[0] if len(rows) else start.strftime("%Y-%m-%d")
+        flagged = int(rows["is_anomaly"].sum())
+        figures = {"anomalies_over_time": reports.anomalies_over_time(rows)} if len(rows) else {}
+        try:
+            mlflow_run = model_registry.log_scoring_run(
+                day,
+                version,
+                metrics={"rows": len(rows), "anomalies": flagged, "anomaly_rate": flagged / max(len(rows), 1)},
+                figures=figures,
+                tags={"dagster_run_id": context.run.run_id},
+            )
+        finally:
+            reports.close(figures)
+        return {
+            "dagster/row_count": len(rows),
+            "mlflow_run": dg.MetadataValue.url(mlflow_run),
+            "anomalies": flagged,
+            "anomaly_rate": round(flagged / len(rows), 6) if len(rows) else 0.0,
+            "devices_with_anomalies": int(rows.loc[rows["is_anomaly"], "device_id"].nunique()),
+            "model_name": model_registry.model_name,
+            "model_version": version,
+            "scores_training_days": bool(training_end >= start),
+            "top_devices": markdown_preview(top_devices(rows), rows=10),
+        }
+
     return dg.Output(scored, metadata=partition_metadata(context, scored, describe))

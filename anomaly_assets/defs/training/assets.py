@@ -3,13 +3,15 @@ partition's day (the last ``training_days`` days), never on the days being score
 
 
 import dataclasses
+import os
 
 import dagster as dg
 import pandas as pd
 
 from anomaly_assets.core.baselines import fit_baselines
 from anomaly_assets.core.cohorts import fit_cohort_stats
-from anomaly_assets.core.detector import DetectorConfig, train_detector
+from anomaly_assets import reports
+from anomaly_assets.core.detector import DetectorConfig, split_by_time, train_detector
 from anomaly_assets.defs.features.assets import feature_spec
 from anomaly_assets.defs.partitions import SETTINGS, daily_partitions, markdown_preview, training_window
 from anomaly_assets.resources import MlflowModelRegistry, TelemetrySource
@@ -56,6 +58,25 @@ def baselines(device_features: pd.DataFrame, telemetry_source: TelemetrySource) 
     )
 
 
+DAGSTER_UI_URL = os.environ.get("DAGSTER_UI_URL", "http://127.0.0.1:3000").rstrip("/")
+
+
+def _training_figures(model, device_features, detector_config, label_columns):
+    """Pictures of the validation slice: score distribution, ROC/PR curves, feature contributions."""
+    _, validation = split_by_time(device_features, detector_config.validation_days)
+    scored = model.score(validation)
+    label = next((c for c in label_columns if c.startswith("is_")), None)
+    labels = validation[label].to_numpy(dtype=bool) if label in validation else None
+    contributions = reports.feature_contributions(scored)
+    figures = {
+        "score_distribution": reports.score_distribution(scored["score"].to_numpy(), model.threshold, labels),
+        "feature_contributions": reports.feature_contribution_chart(contributions),
+    }
+    if labels is not None and 0 < labels.sum() < len(labels):
+        figures["roc_pr_curves"] = reports.roc_and_pr_curves(scored["score"].to_numpy(), labels)
+    return figures, contributions
+
+
 class DetectorTrainingConfig(dg.Config):
     n_estimators: int = DetectorConfig.n_estimators
     max_samples: int = DetectorConfig.max_samples
@@ -95,14 +116,19 @@ def anomaly_detector(
         "dagster_run_id": context.run.run_id,
         "dagster_partition": context.partition_key,
     }
-    registered = model_registry.register(
-        model,
-        params={**dataclasses.asdict(detector_config), "feature_spec": spec.to_dict(), "features": len(model.feature_columns)},
-        metrics=metrics,
-        tags=tags,
-        tables={"cohort_stats": cohort_stats, "baselines": baselines},
-        run_name=f"anomaly_detector {context.partition_key}",
-    )
+    figures, contributions = _training_figures(model, device_features, detector_config, spec.label_columns)
+    try:
+        registered = model_registry.register(
+            model,
+            params={**dataclasses.asdict(detector_config), "feature_spec": spec.to_dict(), "features": len(model.feature_columns)},
+            metrics=metrics,
+            tags={**tags, "dagster_run_url": f"{DAGSTER_UI_URL}/runs/{context.run.run_id}"},
+            tables={"cohort_stats": cohort_stats, "baselines": baselines, "feature_contributions": contributions},
+            run_name=f"anomaly_detector {context.partition_key}",
+            figures=figures,
+        )
+    finally:
+        reports.close(figures)
     context.log.info(f"registered {registered.name} version {registered.version} with aliases {registered.aliases}")
     return dg.MaterializeResult(
         metadata={
@@ -110,6 +136,12 @@ def anomaly_detector(
             "model_name": registered.name,
             "model_version": registered.version,
             "mlflow_run_id": registered.run_id,
+            "mlflow_run": dg.MetadataValue.url(model_registry.run_url(registered.experiment_id, registered.run_id)),
+            "figures": dg.MetadataValue.md(
+                "Logged to the MLflow run under `figures/`: "
+                + ", ".join(f"`{name}.png`" for name in figures)
+            ),
+            "feature_contributions": markdown_preview(contributions.round(4), rows=10),
             "aliases": dg.MetadataValue.json(list(registered.aliases)),
             "threshold": float(model.threshold),
             "validation_metrics": dg.MetadataValue.json({k: round(float(v), 4) for k, v in metrics.items()}),
