@@ -21,14 +21,17 @@ def test_definitions_load(tmp_path):
         "anomaly_detector",
         "model_promotion",
         "scored_anomalies",
+        "feature_drift",
     }
     for job in ("telemetry_job", "training_job", "scoring_job", "promote_model_job", "rollback_model_job"):
         assert defs.resolve_job_def(job) is not None
     assert set(defs.resources) >= {"telemetry_source", "results_store", "model_registry", "io_manager"}
+    assert {s.name for s in defs.schedules} >= {"daily_scoring_schedule", "weekly_retraining_schedule"}
+    assert {s.name for s in defs.sensors} >= {"drift_retraining_sensor"}
     assert dg.AssetCheckKey(dg.AssetKey("validated_telemetry"), "bad_row_share_within_limit") in graph.asset_check_keys
     # groups per layer
     groups = {graph.get(dg.AssetKey(k)).group_name for k in keys}
-    assert groups == {"ingestion", "features", "training", "scoring"}
+    assert groups == {"ingestion", "features", "training", "scoring", "monitoring"}
 
 
 def test_module_level_defs_load():

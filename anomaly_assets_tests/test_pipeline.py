@@ -47,6 +47,7 @@ def test_demo_materializes_every_asset_and_registers_a_champion(demo_home, demo_
         "anomaly_detector",
         "model_promotion",
         "scored_anomalies",
+        "feature_drift",
     }
     registry = demo_defs.resources["model_registry"]
     assert registry.alias_version("champion") == "1"

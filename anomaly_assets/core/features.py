@@ -73,10 +73,11 @@ def build_device_features(
     frame = telemetry.sort_values(["device_id", "timestamp"], kind="stable", ignore_index=True)
     device_codes = pd.factorize(frame["device_id"])[0].astype(np.int64)
     time_ms = frame["timestamp"].to_numpy(dtype="datetime64[ms]").astype(np.int64)
-    # One sortable key per row: rows of one device are contiguous and time-ordered.
-    order_key = device_codes * (time_ms.max() - time_ms.min() + 1 if len(frame) else 1) + (
-        time_ms - (time_ms.min() if len(frame) else 0)
-    )
+    # One sortable key per row: rows of one device are contiguous and time-ordered, and devices
+    # lie further apart than the longest window, so no window reaches into the previous device.
+    longest_ms = max(pd.Timedelta(w) // pd.Timedelta("1ms") for w in spec.windows)
+    span = time_ms.max() - time_ms.min() + 1 + longest_ms if len(frame) else 1
+    order_key = device_codes * span + (time_ms - (time_ms.min() if len(frame) else 0))
     same_device_as_previous = np.r_[False, device_codes[1:] == device_codes[:-1]]
     window_starts = {
         w: np.searchsorted(order_key, order_key - pd.Timedelta(w) // pd.Timedelta("1ms"), side="right")
@@ -140,22 +141,23 @@ def _rolling_mean_std(values: np.ndarray, starts: np.ndarray, scale: float) -> t
 
 
 def _window_sum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    prefix = np.concatenate(([0.0], np.cumsum(values)))
-    return prefix[np.arange(1, len(values) + 1)] - prefix[starts]
+    """Sum of ``values[starts[i]..i]`` for every i.
 
-
-def build_daily_features(telemetry: pd.DataFrame, spec: FeatureSpec, day_starts: list[pd.Timestamp]) -> pd.DataFrame:
-    """Features of each day from that day plus the day before it, and nothing else.
-
-    A day's features are then bit-for-bit the same whether it is built alone or within a
-    multi-day backfill, so re-scoring a partition reproduces its scores exactly.
+    Prefix sums are taken within blocks at least as long as the longest window, so a window
+    spans at most two blocks and its sum never subtracts two large frame-wide prefixes: the
+    rounding error stays that of one block, whatever the frame's size.
     """
-    day_of_row = telemetry["timestamp"].dt.floor("D")
-    parts = []
-    for day in day_starts:
-        rows = telemetry.loc[(day_of_row >= day - pd.Timedelta(days=1)) & (day_of_row <= day)]
-        if (rows["timestamp"] >= day).any():
-            parts.append(build_device_features(rows, spec, keep_from=day))
-    if not parts:
-        return build_device_features(telemetry.iloc[0:0], spec)
-    return pd.concat(parts, ignore_index=True)
+    n = len(values)
+    if n == 0:
+        return values.copy()
+    rows = np.arange(n)
+    block = max(4096, int((rows - starts).max()) + 1)
+    blocks = -(-n // block)
+    padded = np.zeros(blocks * block)
+    padded[:n] = values
+    local = np.cumsum(padded.reshape(blocks, block), axis=1)
+    totals = local[:, -1]
+    local = local.reshape(-1)[:n]
+    before_start = local[starts] - values[starts]  # block-local sum up to, excluding, the window start
+    same_block = (starts // block) == (rows // block)
+    return np.where(same_block, local - before_start, totals[starts // block] - before_start + local)

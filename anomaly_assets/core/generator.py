@@ -330,7 +330,7 @@ def _to_frame(
     frame = pd.DataFrame(
         {
             "device_id": np.repeat(devices.ids, t_count),
-            "timestamp": pd.DatetimeIndex(np.tile((day_start + offsets).values, n)).tz_localize("UTC"),
+            "timestamp": pd.DatetimeIndex(np.tile((day_start + offsets).tz_convert(None).to_numpy(), n)).tz_localize("UTC"),
             **{c: np.repeat(cohorts[:, i], t_count) for i, c in enumerate(COHORT_COLUMNS)},
             **{m: np.round(values[m].reshape(-1), 4) for m in METRICS},
             "is_injected_anomaly": labels.reshape(-1) != 0,
