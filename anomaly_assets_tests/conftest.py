@@ -35,3 +35,62 @@ def restore_environ():
 
 def small_settings(home: Path, devices: int = 30) -> Settings:
     return Settings(home=home, fleet_devices=devices, fleet_seed=11)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def postgres_url(database: str = "postgres") -> str:
+    host = os.environ.get("ANOMALY_ASSETS_TEST_PG_HOST", "127.0.0.1")
+    user = os.environ.get("ANOMALY_ASSETS_TEST_PG_USER", "postgres")
+    return f"postgresql+psycopg2://{user}@{host}:5432/{database}"
+
+
+def postgres_available() -> bool:
+    import sqlalchemy as sa
+
+    try:
+        with sa.create_engine(postgres_url(), connect_args={"connect_timeout": 3}).connect():
+            return True
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def postgres_databases():
+    """A factory of fresh, empty PostgreSQL databases, all dropped after the test.
+
+    ``create()`` returns the new database's SQLAlchemy URL.
+    """
+    import uuid
+
+    import sqlalchemy as sa
+
+    require_service(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432 (user postgres)")
+    admin = sa.create_engine(postgres_url(), isolation_level="AUTOCOMMIT")
+    names: list[str] = []
+
+    def create() -> str:
+        name = f"anomaly_test_{uuid.uuid4().hex[:10]}"
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        names.append(name)
+        return postgres_url(name)
+
+    try:
+        yield create
+    finally:
+        with admin.connect() as connection:
+            for name in names:
+                connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_database(postgres_databases) -> str:
+    return postgres_databases()
