@@ -91,7 +91,7 @@ def stack(tmp_path, postgres_databases):
     try:
         services.start(
             "mlflow",
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", mlflow_db.replace("+psycopg2", ""),
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", mlflow_db,
              "--artifacts-destination", (tmp_path / "mlartifacts").as_uri(), "--serve-artifacts",
              "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
             health_url=f"http://127.0.0.1:{mlflow_port}/health",

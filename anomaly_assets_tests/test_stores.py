@@ -102,3 +102,14 @@ def test_rows_outside_the_replaced_partitions_are_refused(tmp_path):
     store = ResultsStore(url=f"sqlite:///{tmp_path}/results.db")
     with pytest.raises(ValueError, match="outside the partitions"):
         store.replace_partitions(anomaly_events, ["2026-11-01"], _events("2026-11-02", 1))
+
+
+def test_fsspec_url_works_as_shared_storage():
+    """An object-store URL (fsspec's in-memory store here) works like a local path."""
+    manager = PartitionedParquetIOManager(base_path="memory://anomaly-assets-test/store")
+    output = dg.build_output_context(asset_key=dg.AssetKey("thing"), partition_key="2026-11-02", asset_partitions_def=DAILY)
+    manager.handle_output(output, _frame(["2026-11-02", "2026-11-02"]))
+    loaded = manager.load_input(
+        dg.build_input_context(asset_key=dg.AssetKey("thing"), partition_key="2026-11-02", asset_partitions_def=DAILY)
+    )
+    pd.testing.assert_frame_equal(loaded, _frame(["2026-11-02", "2026-11-02"]))

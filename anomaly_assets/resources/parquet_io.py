@@ -1,18 +1,22 @@
 """Parquet IO manager for daily-partitioned frames: one file per asset partition.
 
+``base_path`` is a local path or any fsspec URL (``s3://bucket/prefix``, ``gs://...``,
+``memory://`` in tests), so every worker of a distributed run can reach the same files.
+
 A run may cover several partitions (a single-run backfill): outputs are split by the day of
-their ``timestamp`` column, and inputs spanning several partitions are concatenated. Each file is
-written to a temporary name and renamed, so a failed write never leaves a half-written partition.
+their ``timestamp`` column, and inputs spanning several partitions are concatenated. On a local
+path each file is written to a temporary name and renamed; on an object store a PUT is atomic by
+itself. Either way a failed write never leaves a half-written partition.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+from upath import UPath
 
 ALLOW_MISSING_PARTITIONS = "allow_missing_partitions"  # AssetIn metadata: optional lookback input
 
@@ -20,8 +24,8 @@ ALLOW_MISSING_PARTITIONS = "allow_missing_partitions"  # AssetIn metadata: optio
 class PartitionedParquetIOManager(dg.ConfigurableIOManager):
     base_path: str
 
-    def _path(self, asset_key: dg.AssetKey, partition_key: str | None) -> Path:
-        root = Path(self.base_path, *asset_key.path)
+    def _path(self, asset_key: dg.AssetKey, partition_key: str | None) -> UPath:
+        root = UPath(self.base_path).joinpath(*asset_key.path)
         return root / f"{partition_key}.parquet" if partition_key else root.with_suffix(".parquet")
 
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
@@ -41,13 +45,13 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         asset_key = context.asset_key
         if not context.has_asset_partitions:
-            return pd.read_parquet(self._path(asset_key, None))
+            return self._read(self._path(asset_key, None))
         allow_missing = bool((context.definition_metadata or {}).get(ALLOW_MISSING_PARTITIONS))
         frames = []
         for key in context.asset_partition_keys:
             path = self._path(asset_key, key)
             if path.exists():
-                frames.append(pd.read_parquet(path))
+                frames.append(self._read(path))
             elif not allow_missing:
                 raise FileNotFoundError(
                     f"partition {key} of {asset_key.to_user_string()} has not been materialized "
@@ -62,11 +66,21 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
     @staticmethod
-    def _write(path: Path, frame: pd.DataFrame) -> None:
+    def _read(path: UPath) -> pd.DataFrame:
+        with path.open("rb") as handle:
+            return pd.read_parquet(handle)
+
+    @staticmethod
+    def _write(path: UPath, frame: pd.DataFrame) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.protocol not in ("", "file", "local"):
+            with path.open("wb") as handle:
+                frame.to_parquet(handle, index=False)
+            return
         temporary = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex}")
         try:
-            frame.to_parquet(temporary, index=False)
-            os.replace(temporary, path)
+            frame.to_parquet(temporary.path, index=False)
+            os.replace(temporary.path, path.path)
         finally:
-            temporary.unlink(missing_ok=True)
+            if temporary.exists():
+                temporary.unlink()
