@@ -7,16 +7,31 @@ import dagster as dg
 from anomaly_assets.defs import jobs
 from anomaly_assets.defs.features import assets as feature_assets
 from anomaly_assets.defs import schedules
+from anomaly_assets.defs.alerting import assets as alerting_assets
 from anomaly_assets.defs.ingestion import assets as ingestion_assets
 from anomaly_assets.defs.monitoring import assets as monitoring_assets
 from anomaly_assets.defs.monitoring.sensors import drift_retraining_sensor
 from anomaly_assets.defs.registry import assets as registry_assets
+from anomaly_assets.defs.retention import jobs as retention
 from anomaly_assets.defs.scoring import assets as scoring_assets
 from anomaly_assets.defs.training import assets as training_assets
 from anomaly_assets.resources import build_resources
 from anomaly_assets.settings import Settings
 
-ASSET_MODULES = (ingestion_assets, feature_assets, training_assets, registry_assets, scoring_assets, monitoring_assets)
+def executor_for(settings: Settings) -> dg.ExecutorDefinition | None:
+    """None keeps Dagster's default (multiprocess on one machine)."""
+    if settings.executor == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(
+            {"broker": {"env": "ANOMALY_ASSETS_CELERY_BROKER"}, "backend": {"env": "ANOMALY_ASSETS_CELERY_BACKEND"}}
+        )
+    if settings.executor == "in_process":
+        return dg.in_process_executor
+    return None
+
+
+ASSET_MODULES = (ingestion_assets, feature_assets, training_assets, registry_assets, scoring_assets, monitoring_assets, alerting_assets)
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
@@ -30,10 +45,13 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             jobs.scoring_job,
             registry_assets.promote_model_job,
             registry_assets.rollback_model_job,
+            alerting_assets.alerting_job,
+            retention.retention_job,
         ],
-        schedules=[schedules.daily_scoring_schedule, schedules.weekly_retraining_schedule],
-        sensors=[drift_retraining_sensor],
+        schedules=[schedules.daily_scoring_schedule, schedules.weekly_retraining_schedule, retention.weekly_retention_schedule],
+        sensors=[drift_retraining_sensor, alerting_assets.alerting_after_scoring_sensor],
         resources=build_resources(settings),
+        executor=executor_for(settings),
     )
 
 

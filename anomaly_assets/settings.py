@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 ENVIRONMENTS = ("embedded", "production")
+EXECUTORS = ("multiprocess", "in_process", "celery")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,10 +29,15 @@ class Settings:
     drift_min_features: int = 3  # K: drifted features that make a partition drifted
     drift_consecutive_partitions: int = 2  # M: drifted partitions in a row that request retraining
     drift_sensor_interval_seconds: int = 300
+    # How a run's steps execute: one machine (multiprocess), or Celery workers on a Redis broker
+    # (ANOMALY_ASSETS_CELERY_BROKER) that share ANOMALY_ASSETS_STORAGE_PATH.
+    executor: str = "multiprocess"
 
     def __post_init__(self) -> None:
         if self.environment not in ENVIRONMENTS:
             raise ValueError(f"ANOMALY_ASSETS_ENV must be one of {ENVIRONMENTS}, got {self.environment!r}")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"ANOMALY_ASSETS_EXECUTOR must be one of {EXECUTORS}, got {self.executor!r}")
         if self.training_days < 2:
             raise ValueError(f"training_days must be at least 2 (fit + validation), got {self.training_days}")
 
@@ -58,6 +64,7 @@ class Settings:
             drift_sensor_interval_seconds=int(
                 env.get("ANOMALY_ASSETS_DRIFT_SENSOR_INTERVAL_SECONDS", defaults.drift_sensor_interval_seconds)
             ),
+            executor=env.get("ANOMALY_ASSETS_EXECUTOR", defaults.executor),
         )
 
     @property
