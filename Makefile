@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export ANOMALY_ASSETS_HOME ?= $(CURDIR)/.anomaly_home
 export DAGSTER_HOME ?= $(ANOMALY_ASSETS_HOME)/dagster
 
-.PHONY: install demo test dev mlflow clean
+.PHONY: install demo test dev mlflow clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,6 @@ mlflow: install
 
 clean:
 	rm -rf $(ANOMALY_ASSETS_HOME)
+
+bench: install
+	$(BIN)/anomaly-assets bench

@@ -109,6 +109,20 @@ def _model_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from anomaly_assets.benchmark import format_report, run_benchmark
+
+    report = run_benchmark(
+        devices=args.devices,
+        chunk_devices=args.chunk_devices,
+        reference_devices=args.reference_devices,
+        train_devices=args.train_devices,
+        progress=(lambda _m: None) if args.json else lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    print(json.dumps(report.as_dict(), indent=2) if args.json else format_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anomaly-assets", description="Dagster-orchestrated anomaly detection for device-fleet telemetry."
@@ -132,6 +146,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--home", help="state directory (default $ANOMALY_ASSETS_HOME or .anomaly_home)")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.set_defaults(handler=_demo)
+
+    bench = commands.add_parser(
+        "bench",
+        help="time the partition path end to end against a naive reference, measured in the same run",
+        description="Generate one day for N devices (plus the previous day for the rolling lookback), then "
+        "validate, build features, apply cohort z-scores and baselines, score and persist, chunk by chunk; "
+        "time a naive pandas/scikit-learn/to_sql pipeline on the same rows and print the ratios.",
+    )
+    bench.add_argument("--devices", type=int, default=10_000, help="devices in the scored day (default 10,000)")
+    bench.add_argument("--chunk-devices", type=int, default=2_500, help="devices per chunk (default 2,500)")
+    bench.add_argument(
+        "--reference-devices", type=int, default=2_500, help="devices the naive reference runs on (default 2,500)"
+    )
+    bench.add_argument("--train-devices", type=int, default=1_000, help="devices in the 7 training days (default 1,000)")
+    bench.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    bench.set_defaults(handler=_bench)
 
     model = commands.add_parser(
         "model", help="list, promote and roll back detector versions in the MLflow registry",

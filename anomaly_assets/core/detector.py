@@ -103,7 +103,10 @@ class FleetAnomalyModel:
     def score(self, device_features: pd.DataFrame) -> pd.DataFrame:
         """One row per input row with SCORED_COLUMNS (model name and version are added by the caller)."""
         matrix = self.model_matrix(device_features)
-        scores = self.raw_scores(matrix)
+        return self.score_from(device_features, matrix, self.raw_scores(matrix))
+
+    def score_from(self, device_features: pd.DataFrame, matrix: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+        """The scored frame from already computed model inputs and raw scores."""
         top = self.top_features(matrix)
         return pd.DataFrame(
             {

@@ -76,6 +76,82 @@ feature_drift_results = sa.Table(
     sa.UniqueConstraint("partition_date", "feature", name="uq_feature_drift"),
 )
 
+# Incidents (device and cohort), one row per incident id, upserted by the partitions that touch it.
+incidents = sa.Table(
+    "incidents",
+    metadata,
+    sa.Column("incident_id", sa.String(32), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # device | cohort
+    sa.Column("device_id", sa.String(512)),
+    sa.Column("cohort", sa.String(512)),
+    sa.Column("status", sa.String(16), nullable=False),  # open | closed
+    sa.Column("severity_level", sa.String(16), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_anomaly_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),
+    sa.Column("close_reason", sa.String(32)),
+    sa.Column("samples", sa.Integer, nullable=False),
+    sa.Column("anomalous_samples", sa.Integer, nullable=False),
+    sa.Column("devices", sa.Integer, nullable=False),
+    sa.Column("cohort_devices", sa.Integer),
+    sa.Column("peak_share", sa.Float),
+    sa.Column("device_ids", sa.Text),
+    sa.Column("max_severity", sa.Float, nullable=False),
+    sa.Column("mean_severity", sa.Float, nullable=False),
+    sa.Column("max_score", sa.Float, nullable=False),
+    sa.Column("top_features", sa.String(800)),
+    sa.Column("cohort_incident_id", sa.String(32)),
+    sa.Column("first_partition", sa.String(10), nullable=False),
+    sa.Column("last_partition", sa.String(10), nullable=False),
+    sa.Column("model_name", sa.String(256)),
+    sa.Column("model_version", sa.String(32)),
+    sa.Index("ix_incidents_last_partition", "last_partition"),
+    sa.Index("ix_incidents_device", "device_id", "started_at"),
+)
+
+# Hysteresis state at the end of each processed day, read by the next day (incidents span midnight).
+incident_state = sa.Table(
+    "incident_state",
+    metadata,
+    sa.Column("partition_date", sa.String(10), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("subject", sa.String(512), nullable=False),
+    sa.Column("state_json", sa.Text, nullable=False),
+    sa.UniqueConstraint("partition_date", "kind", "subject", name="uq_incident_state"),
+)
+
+incident_partitions = sa.Table(
+    "incident_partitions",
+    metadata,
+    sa.Column("partition_date", sa.String(10), primary_key=True),
+    sa.Column("incidents", sa.Integer, nullable=False),
+    sa.Column("open_at_end", sa.Integer, nullable=False),
+    sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.String(64)),
+)
+
+# One row per (incident, channel): re-runs never send twice; failed rows are retried next run.
+alert_delivery_log = sa.Table(
+    "alert_delivery_log",
+    metadata,
+    sa.Column("incident_id", sa.String(32), nullable=False),
+    sa.Column("channel", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # sending | delivered | digested | suppressed | failed
+    sa.Column("partition_date", sa.String(10), nullable=False),
+    sa.Column("kind", sa.String(16)),
+    sa.Column("severity_level", sa.String(16)),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("digest_id", sa.String(32)),
+    sa.Column("first_attempt_at", sa.DateTime(timezone=True)),
+    sa.Column("last_attempt_at", sa.DateTime(timezone=True)),
+    sa.Column("delivered_at", sa.DateTime(timezone=True)),
+    sa.Column("detail", sa.Text),
+    sa.UniqueConstraint("incident_id", "channel", name="uq_alert_delivery"),
+    sa.Index("ix_alert_delivery_channel_status", "channel", "status"),
+    sa.Index("ix_alert_delivery_partition", "partition_date"),
+)
+
 
 class ResultsStore(dg.ConfigurableResource):
     """SQLAlchemy URL of the results database, e.g. ``sqlite:///results.db`` or ``postgresql+psycopg2://...``."""
@@ -95,12 +171,23 @@ class ResultsStore(dg.ConfigurableResource):
         unknown = sorted(set(frame["partition_date"]) - set(partition_dates)) if len(frame) else []
         if unknown:
             raise ValueError(f"rows for partitions {unknown} outside the partitions being replaced {list(partition_dates)}")
-        records = _records(frame[[c.name for c in table.columns]]) if len(frame) else []
         with self.engine.begin() as connection:
             connection.execute(table.delete().where(table.c.partition_date.in_(list(partition_dates))))
-            for start in range(0, len(records), 50_000):
-                connection.execute(table.insert(), records[start : start + 50_000])
-        return len(records)
+            self.insert(connection, table, frame)
+        return len(frame)
+
+    @staticmethod
+    def insert(connection: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> None:
+        """Append ``frame``'s rows inside the caller's transaction (COPY on PostgreSQL)."""
+        if frame.empty:
+            return
+        frame = frame[[c.name for c in table.columns]]
+        if connection.dialect.name == "postgresql":
+            _copy_into(connection, table, frame)
+            return
+        records = _records(frame)
+        for start in range(0, len(records), 50_000):
+            connection.execute(table.insert(), records[start : start + 50_000])
 
     def read_frame(self, query: str | sa.Select, params: dict | None = None) -> pd.DataFrame:
         statement = sa.text(query) if isinstance(query, str) else query
@@ -113,6 +200,23 @@ class ResultsStore(dg.ConfigurableResource):
             statement = statement.where(table.c.partition_date.in_(list(partition_dates)))
         with self.engine.connect() as connection:
             return int(connection.execute(statement).scalar_one())
+
+
+def _copy_into(connection: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> None:
+    """Bulk load with PostgreSQL's COPY (psycopg 3 or psycopg2), in the caller's transaction."""
+    import io
+
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, header=False, na_rep="\\N", date_format="%Y-%m-%d %H:%M:%S.%f%z")
+    buffer.seek(0)
+    columns = ", ".join(f'"{c.name}"' for c in table.columns)
+    statement = f'COPY "{table.name}" ({columns}) FROM STDIN WITH (FORMAT csv, NULL \'\\N\')'
+    cursor = connection.connection.driver_connection.cursor()
+    if hasattr(cursor, "copy_expert"):  # psycopg2
+        cursor.copy_expert(statement, buffer)
+    else:  # psycopg 3
+        with cursor.copy(statement) as copy:
+            copy.write(buffer.getvalue())
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
