@@ -19,6 +19,7 @@ from anomaly_assets.core.baselines import baseline_exceedance
 from anomaly_assets.core.cohorts import cohort_keys, cohort_z_scores
 from anomaly_assets.core.drift import DriftReference, fit_drift_reference
 from anomaly_assets.core.fast_forest import CompiledForest
+from anomaly_assets.core.kernels import top_k_abs_z
 from anomaly_assets.core.features import FeatureSpec
 from anomaly_assets.core.metrics import classification_metrics
 
@@ -93,12 +94,10 @@ class FleetAnomalyModel:
         return np.round(np.where(scores > self.threshold, above, below), 2)
 
     def top_features(self, matrix: np.ndarray, k: int = 3) -> np.ndarray:
-        """Names of the k features furthest from their training median, in robust z units."""
-        z = np.abs((matrix - self.medians[None, :]) / self.scales[None, :])
-        k = min(k, z.shape[1])
-        top = np.argpartition(-z, k - 1, axis=1)[:, :k]
-        ordered = np.take_along_axis(top, np.argsort(-np.take_along_axis(z, top, axis=1), axis=1), axis=1)
-        return np.asarray(self.feature_columns, dtype=object)[ordered]
+        """Names of the k features furthest from their training median, in robust z units
+        (ties go to the feature listed first)."""
+        top = top_k_abs_z(matrix, self.medians, self.scales, k)
+        return np.asarray(self.feature_columns, dtype=object)[top]
 
     def score(self, device_features: pd.DataFrame) -> pd.DataFrame:
         """One row per input row with SCORED_COLUMNS (model name and version are added by the caller)."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of the results database (SQLite embedded, PostgreSQL in production)."""
