@@ -16,6 +16,8 @@ import json
 import numpy as np
 import pandas as pd
 
+from anomaly_assets.core.kernels import rolling_mean_var
+
 TIME_FEATURES: tuple[str, ...] = ("hour_sin", "hour_cos", "missing_metrics", "gap_minutes")
 
 
@@ -123,6 +125,11 @@ def _rolling_mean_std(values: np.ndarray, starts: np.ndarray, scale: float) -> t
 
     ``scale`` is the metric's magnitude: variances below 1e-12 of its square are float noise.
     """
+    compiled = rolling_mean_var(values, starts)
+    if compiled is not None:
+        mean, var = compiled
+        var = np.where(var <= 1e-12 * scale * scale, 0.0, var)
+        return mean, np.sqrt(var)
     finite = np.isfinite(values)
     # Centre before squaring: prefix sums of squares lose precision on large offsets.
     center = np.nanmean(values) if finite.any() else 0.0
