@@ -37,7 +37,12 @@ def days_in(start: pd.Timestamp, end: pd.Timestamp) -> list[str]:
 
 
 def markdown_preview(frame: pd.DataFrame, rows: int = 5) -> dg.MetadataValue:
-    return dg.MetadataValue.md(frame.head(rows).to_markdown(index=False) if len(frame) else "_no rows_")
+    if frame.empty:
+        return dg.MetadataValue.md("_no rows_")
+    head = frame.head(rows)
+    # A '|' inside a value (cohort keys like Zebra|TC52|13) would split the markdown cell.
+    escaped = head.apply(lambda c: c.astype("str").str.replace("|", r"\|", regex=False) if c.dtype == object or pd.api.types.is_string_dtype(c) else c)
+    return dg.MetadataValue.md(escaped.to_markdown(index=False))
 
 
 def partition_metadata(
