@@ -38,7 +38,10 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         if len(keys) == 1:
             self._write(self._path(context.asset_key, keys[0]), obj)
             return
-        days = obj["timestamp"].dt.strftime("%Y-%m-%d")
+        days = pd.to_datetime(obj["timestamp"], utc=True, errors="coerce").dt.strftime("%Y-%m-%d")
+        # A row dated outside the run's days (or undated) is kept with the first day, where
+        # validation quarantines it: nothing a source delivered is dropped here.
+        days = days.where(days.isin(keys), keys[0])
         for key in keys:
             self._write(self._path(context.asset_key, key), obj.loc[days == key].reset_index(drop=True))
 

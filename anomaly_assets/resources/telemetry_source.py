@@ -9,21 +9,10 @@ import dagster as dg
 import pandas as pd
 
 from anomaly_assets.core import generator
-from anomaly_assets.core.validation import TelemetryContract
+from anomaly_assets.core.contract import TelemetryContract, load_contract
 
-SYNTHETIC_RANGES = {
-    "battery_level_pct": (0.0, 100.0),
-    "battery_temp_c": (-20.0, 90.0),
-    "cpu_util_pct": (0.0, 100.0),
-    "memory_used_pct": (0.0, 100.0),
-    "storage_free_gb": (0.0, 2048.0),
-    "wifi_rssi_dbm": (-120.0, 0.0),
-    "net_rx_mb": (0.0, 1e6),
-    "net_tx_mb": (0.0, 1e6),
-    "app_crashes": (0.0, 1e4),
-    "reboots": (0.0, 1e3),
-    "data_used_mb_today": (0.0, 1e7),
-}
+# The synthetic fleet's contract (columns, types, ranges, counters, bad-row limit) is the packaged,
+# declarative anomaly_assets/contracts/telemetry_contract.yaml; see anomaly_assets.core.contract.
 
 
 class TelemetrySource(dg.ConfigurableResource):
@@ -66,9 +55,7 @@ class SyntheticFleetSource(TelemetrySource):
         )
 
     def contract(self) -> TelemetryContract:
-        return TelemetryContract(
-            cohort_columns=generator.COHORT_COLUMNS, metrics=generator.METRICS, ranges=SYNTHETIC_RANGES
-        )
+        return load_contract()
 
     def label_columns(self) -> tuple[str, ...]:
         return generator.LABEL_COLUMNS

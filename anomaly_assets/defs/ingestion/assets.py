@@ -1,10 +1,24 @@
-"""raw_telemetry and validated_telemetry: read the partition's window, validate, quarantine."""
+"""raw_telemetry and validated_telemetry: read the partition's window, validate it against the
+telemetry contract with Great Expectations, quarantine the rows that break it.
 
+``validated_telemetry`` reports one asset check per rule family (schema, keys, window,
+uniqueness, ranges, counters) plus ``rows_accounted_for`` and the blocking
+``bad_row_share_within_limit``. A broken schema or an empty day fails the asset, so nothing
+downstream is built from it.
+"""
 
 import dagster as dg
 import pandas as pd
 
-from anomaly_assets.core.validation import ValidationResult, validate_telemetry
+from anomaly_assets.core.validation import (
+    FAMILIES,
+    FAMILY_DESCRIPTIONS,
+    RuleResult,
+    SchemaError,
+    TelemetryContract,
+    ValidationResult,
+    validate_telemetry,
+)
 from anomaly_assets.defs.partitions import (
     daily_partitions,
     days_in,
@@ -16,6 +30,17 @@ from anomaly_assets.resources import ResultsStore, TelemetrySource
 from anomaly_assets.resources.results_store import quarantined_telemetry
 
 OWNERS = ["team:fleet-analytics"]
+ASSET = "validated_telemetry"
+# One asset check per rule family; only a broken schema blocks (besides the bad-row share).
+FAMILY_CHECKS = {
+    "schema": "schema_matches_contract",
+    "keys": "keys_present",
+    "window": "timestamps_in_partition_window",
+    "uniqueness": "rows_unique",
+    "ranges": "metrics_in_range",
+    "counters": "counters_not_decreasing",
+}
+SAMPLE_ROWS = 5
 
 
 @dg.asset(
@@ -23,20 +48,30 @@ OWNERS = ["team:fleet-analytics"]
     group_name="ingestion",
     kinds={"pandas", "parquet"},
     owners=OWNERS,
-    code_version="1",
+    code_version="2",
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="One day of telemetry rows from the configured source, as delivered.",
 )
 def raw_telemetry(context: dg.AssetExecutionContext, telemetry_source: TelemetrySource) -> dg.Output[pd.DataFrame]:
     start, end = partition_window(context)
     frame = telemetry_source.read_window(start, end)
+    # Parquet cannot store a column mixing numbers and text: keep such a column as text (values
+    # unchanged as written), so the delivery is stored and validation reports the column's type.
+    mixed = [c for c in frame.columns if frame[c].dtype == object and _mixed_types(frame[c])]
+    if mixed:
+        frame = frame.assign(**{c: frame[c].astype("str") for c in mixed})
     describe = lambda rows: {  # noqa: E731
         "dagster/row_count": len(rows),
         "devices": int(rows["device_id"].nunique()) if "device_id" in rows else 0,
         "source": telemetry_source.describe(),
+        **({"mixed_type_columns_stored_as_text": dg.MetadataValue.json(mixed)} if mixed else {}),
         "preview": markdown_preview(rows),
     }
     return dg.Output(frame, metadata=partition_metadata(context, frame, describe))
+
+
+def _mixed_types(values: pd.Series) -> bool:
+    return len({type(v) for v in values.dropna()}) > 1
 
 
 class ValidationConfig(dg.Config):
@@ -46,22 +81,36 @@ class ValidationConfig(dg.Config):
 @dg.asset(
     partitions_def=daily_partitions,
     group_name="ingestion",
-    kinds={"pandas", "parquet"},
+    kinds={"pandas", "parquet", "great_expectations"},
     owners=OWNERS,
-    code_version="1",
+    code_version="2",
     backfill_policy=dg.BackfillPolicy.single_run(),
+    output_required=False,  # an empty day that is allowed materializes nothing
     check_specs=[
+        *(
+            dg.AssetCheckSpec(
+                name,
+                asset=ASSET,
+                blocking=family == "schema",
+                description=f"Contract rules '{family}': {FAMILY_DESCRIPTIONS[family]}. "
+                + (
+                    "Fails the run before features are built when the schema is broken."
+                    if family == "schema"
+                    else "Warns with the unexpected count and a sample; failing rows are quarantined."
+                ),
+            )
+            for family, name in FAMILY_CHECKS.items()
+        ),
         dg.AssetCheckSpec(
             "bad_row_share_within_limit",
-            asset="validated_telemetry",
+            asset=ASSET,
             blocking=True,
             description="Quarantined rows stay below the contract's share; above it, features are not built.",
         ),
-        dg.AssetCheckSpec(
-            "rows_accounted_for", asset="validated_telemetry", description="raw rows = valid rows + quarantined rows"
-        ),
+        dg.AssetCheckSpec("rows_accounted_for", asset=ASSET, description="raw rows = valid rows + quarantined rows"),
     ],
-    description="Rows that pass the telemetry contract; failing rows go to quarantined_telemetry with their reason.",
+    description="Rows that pass the telemetry contract (anomaly_assets/contracts/telemetry_contract.yaml), checked "
+    "with Great Expectations; failing rows go to the results table quarantined_telemetry with rule and reason.",
 )
 def validated_telemetry(
     context: dg.AssetExecutionContext,
@@ -71,63 +120,212 @@ def validated_telemetry(
     results_store: ResultsStore,
 ):
     start, end = partition_window(context)
-    if raw_telemetry.empty and not config.allow_empty_partition:
-        raise dg.Failure(
-            description=f"{telemetry_source.describe()} returned no rows for [{start}, {end}); "
-            "set allow_empty_partition to accept an empty day"
-        )
     contract = telemetry_source.contract()
+    source = telemetry_source.describe()
     days = days_in(start, end)
     # One validation per partition day. Rows whose timestamp lies outside the run's window (or
     # is unreadable) are validated with the first day, where they are quarantined, never lost.
     day_starts = pd.DatetimeIndex(pd.to_datetime(days)).tz_localize("UTC")
-    timestamps = pd.to_datetime(raw_telemetry.get("timestamp"), utc=True, errors="coerce")
-    in_window = (timestamps >= start) & (timestamps < end)
-    row_day = timestamps.dt.floor("D").where(in_window, day_starts[0])
-    results = [
-        validate_telemetry(raw_telemetry.loc[row_day == day], contract, day, day + pd.Timedelta(days=1))
-        for day in day_starts
-    ]
-    valid = pd.concat([r.valid for r in results], ignore_index=True)
-    quarantined = pd.concat([r.quarantined for r in results], ignore_index=True)
-    results_store.replace_partitions(quarantined_telemetry, days, quarantined)
+    frames = _split_by_day(raw_telemetry, day_starts, start, end)
 
-    rule_counts: dict[str, int] = {}
-    for result in results:
-        for rule, count in result.rule_counts.items():
-            rule_counts[rule] = rule_counts.get(rule, 0) + count
-    total = len(raw_telemetry)
-    bad_share = len(quarantined) / total if total else 0.0
-    per_day = {day: _validation_metadata(result) for day, result in zip(days, results, strict=True)}
-    if len(days) == 1:
-        yield dg.Output(valid, metadata=per_day[days[0]])
-    else:
-        for day, metadata in per_day.items():
-            context.add_asset_metadata(metadata, partition_key=day)
-        yield dg.Output(valid)
-    yield dg.AssetCheckResult(
-        check_name="bad_row_share_within_limit",
-        passed=bad_share <= contract.max_bad_row_share,
-        metadata={"bad_row_share": bad_share, "limit": contract.max_bad_row_share, "by_rule": rule_counts},
-        description=None
-        if bad_share <= contract.max_bad_row_share
-        else f"{len(quarantined)} of {total} rows ({bad_share:.1%}) broke the contract, limit "
-        f"{contract.max_bad_row_share:.0%}: {rule_counts}",
+    empty = [day for day, frame in zip(days, frames, strict=True) if frame.empty]
+    if empty and not config.allow_empty_partition:
+        raise dg.Failure(
+            description=f"{source} returned no rows for {', '.join(empty)} "
+            f"(window [{start.isoformat()}, {end.isoformat()})). Nothing downstream is built for it. "
+            "If an empty day is expected, materialize with the config "
+            "{ops: {validated_telemetry: {config: {allow_empty_partition: true}}}}.",
+            metadata={"source": source, "empty_partitions": dg.MetadataValue.json(empty)},
+        )
+
+    results: dict[str, ValidationResult] = {}
+    broken: dict[str, SchemaError] = {}
+    for day, day_start, frame in zip(days, day_starts, frames, strict=True):
+        if frame.empty:
+            continue
+        try:
+            results[day] = validate_telemetry(frame, contract, day_start, day_start + pd.Timedelta(days=1))
+        except SchemaError as error:
+            broken[day] = error
+
+    if broken:
+        yield from _schema_broken_checks(broken)
+        first_day, first_error = next(iter(broken.items()))
+        raise dg.Failure(
+            description=f"{source} delivered telemetry that breaks the contract's schema on {', '.join(broken)}; "
+            f"nothing was validated or built. {first_day}: {first_error}",
+            metadata={
+                "failed_rules": dg.MetadataValue.json(
+                    {day: [r.summary() for r in error.failed_rules] for day, error in broken.items()}
+                ),
+            },
+        )
+
+    quarantined = (
+        pd.concat([r.quarantined for r in results.values()], ignore_index=True)
+        if results
+        else pd.DataFrame(columns=["partition_date"])
     )
+    results_store.replace_partitions(quarantined_telemetry, days, quarantined)
+    total = len(raw_telemetry)
+    valid_rows = sum(len(r.valid) for r in results.values())
+    if total != valid_rows + len(quarantined):
+        raise AssertionError(
+            f"validation lost rows: raw {total} != valid {valid_rows} + quarantined {len(quarantined)}"
+        )
+
+    if results:
+        valid = pd.concat([r.valid for r in results.values()], ignore_index=True)
+        per_day = {day: _validation_metadata(result, contract) for day, result in results.items()}
+        if len(days) == 1:
+            yield dg.Output(valid, metadata=per_day[days[0]])
+        else:
+            for day, metadata in per_day.items():
+                context.add_asset_metadata(metadata, partition_key=day)
+            yield dg.Output(valid)
+    else:
+        context.log.warning(
+            f"{source} returned no rows for {', '.join(empty)}; allow_empty_partition is set, so "
+            "validated_telemetry is not materialized and nothing downstream runs"
+        )
+
+    for family, name in FAMILY_CHECKS.items():
+        yield _family_check(name, family, results)
+    yield _bad_row_share_check(results, contract, empty)
     yield dg.AssetCheckResult(
         check_name="rows_accounted_for",
-        passed=total == len(valid) + len(quarantined),
-        metadata={"raw": total, "valid": len(valid), "quarantined": len(quarantined)},
+        passed=total == valid_rows + len(quarantined),
+        metadata={"raw": total, "valid": valid_rows, "quarantined": len(quarantined)},
     )
 
 
-def _validation_metadata(result: ValidationResult) -> dict:
+def _split_by_day(
+    raw: pd.DataFrame, day_starts: pd.DatetimeIndex, start: pd.Timestamp, end: pd.Timestamp
+) -> list[pd.DataFrame]:
+    if len(day_starts) == 1:
+        return [raw]
+    timestamps = raw.get("timestamp")
+    if timestamps is None or not isinstance(timestamps.dtype, pd.DatetimeTZDtype):
+        return [raw] + [raw.iloc[0:0]] * (len(day_starts) - 1)  # the schema rules will name the problem
+    in_window = (timestamps >= start) & (timestamps < end)
+    row_day = timestamps.dt.tz_convert("UTC").dt.floor("D").where(in_window, day_starts[0])
+    return [raw.loc[row_day == day] for day in day_starts]
+
+
+def _schema_broken_checks(broken: dict[str, SchemaError]):
+    failed = [r for error in broken.values() for r in error.failed_rules]
+    yield dg.AssetCheckResult(
+        check_name=FAMILY_CHECKS["schema"],
+        passed=False,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(dict.fromkeys(r.message() for r in failed))[:2000],
+        metadata={
+            "failed_rules": dg.MetadataValue.json([r.summary() for r in failed]),
+            "columns": dg.MetadataValue.json(sorted({c for r in failed for c in r.columns})),
+            "partitions": dg.MetadataValue.json(list(broken)),
+        },
+    )
+
+
+def _family_check(name: str, family: str, results: dict[str, ValidationResult]) -> dg.AssetCheckResult:
+    rules: dict[str, list[RuleResult]] = {}
+    for result in results.values():
+        for rule in result.family_results(family):
+            rules.setdefault(rule.rule, []).append(rule)
+    merged = [_merge(parts) for parts in rules.values()]
+    failing = [r for r in merged if not r.success]
+    sample = [dict(rule=r.rule, **s) for r in failing for s in r.sample][:SAMPLE_ROWS]
+    return dg.AssetCheckResult(
+        check_name=name,
+        passed=not failing,
+        severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(r.message() for r in failing)[:2000] or None,
+        metadata={
+            "rules": len(merged),
+            "unexpected_rows": sum(r.unexpected_count for r in merged),
+            "quarantined_rows": sum(r.quarantined_count for r in merged),
+            "by_rule": dg.MetadataValue.json({r.rule: r.summary() for r in merged}),
+            "sample": dg.MetadataValue.md(pd.DataFrame(sample).to_markdown(index=False) if sample else "_none_"),
+        },
+    )
+
+
+def _merge(parts: list[RuleResult]) -> RuleResult:
+    """One rule's results over the days of a run."""
+    first = parts[0]
+    return RuleResult(
+        rule=first.rule,
+        family=first.family,
+        expectation=first.expectation,
+        columns=first.columns,
+        description=first.description
+        if all(p.description == first.description for p in parts)
+        else f"{first.description.split(' in ')[0]} in its partition's day",
+        success=all(p.success for p in parts),
+        element_count=sum(p.element_count for p in parts),
+        unexpected_count=sum(p.unexpected_count for p in parts),
+        quarantined_count=sum(p.quarantined_count for p in parts),
+        observed=first.observed,
+        sample=tuple(s for p in parts for s in p.sample)[:SAMPLE_ROWS],
+    )
+
+
+def _bad_row_share_check(
+    results: dict[str, ValidationResult], contract: TelemetryContract, empty: list[str]
+) -> dg.AssetCheckResult:
+    limit = contract.max_bad_row_share
+    shares = {day: r.bad_row_share for day, r in results.items()}
+    over = {day: share for day, share in shares.items() if share > limit}
+    lines = []
+    for day in over:
+        result = results[day]
+        top = sorted(result.rule_counts.items(), key=lambda kv: -kv[1])[:3]
+        examples = []
+        for rule, count in top:
+            reasons = result.quarantined.loc[result.quarantined["rule"] == rule, "reason"].head(2).tolist()
+            examples.append(f"{rule}: {count} rows (e.g. {'; '.join(reasons)})")
+        lines.append(
+            f"{day}: {len(result.quarantined)} of {result.raw_rows} rows ({shares[day]:.1%}) broke the contract, "
+            f"limit {limit:.1%}: " + "; ".join(examples)
+        )
+    return dg.AssetCheckResult(
+        check_name="bad_row_share_within_limit",
+        passed=not over,
+        metadata={
+            "bad_row_share": max(shares.values(), default=0.0),
+            "limit": limit,
+            "by_partition": dg.MetadataValue.json({day: round(share, 6) for day, share in shares.items()}),
+            "by_rule": dg.MetadataValue.json(_sum_counts(results.values())),
+            **({"empty_partitions_allowed": dg.MetadataValue.json(empty)} if empty else {}),
+        },
+        description="\n".join(lines)[:4000] or None,
+    )
+
+
+def _sum_counts(results) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for result in results:
+        for rule, count in result.rule_counts.items():
+            counts[rule] = counts.get(rule, 0) + count
+    return counts
+
+
+def _validation_metadata(result: ValidationResult, contract: TelemetryContract) -> dict:
     quarantined = result.quarantined
+    policy = result.unknown_column_policy
     return {
         "dagster/row_count": len(result.valid),
-        "raw_rows": len(result.valid) + len(quarantined),
+        "raw_rows": result.raw_rows,
         "quarantined_rows": len(quarantined),
         "bad_row_share": round(result.bad_row_share, 6),
         "quarantine_by_rule": dg.MetadataValue.json(result.rule_counts),
         "quarantine_preview": markdown_preview(quarantined[["device_id", "timestamp", "rule", "reason"]]),
+        "unknown_columns": dg.MetadataValue.json(list(result.unknown_columns)),
+        "unknown_columns_policy": (
+            "kept in validated_telemetry"
+            if policy == "keep"
+            else "dropped from validated_telemetry (still in raw_telemetry)"
+        ),
+        "contract": f"{contract.name} v{contract.version}",
+        "validation_seconds": round(result.seconds, 3),
     }
