@@ -113,3 +113,17 @@ def test_fsspec_url_works_as_shared_storage():
         dg.build_input_context(asset_key=dg.AssetKey("thing"), partition_key="2026-11-02", asset_partitions_def=DAILY)
     )
     pd.testing.assert_frame_equal(loaded, _frame(["2026-11-02", "2026-11-02"]))
+
+
+def test_migrations_match_the_table_definitions(tmp_path):
+    """A table or column added to results_store.metadata without a migration fails here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from anomaly_assets.resources.results_store import metadata
+
+    store = ResultsStore(url=f"sqlite:///{tmp_path}/results.db")
+    with store.engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), metadata)
+    assert differences == []
+    assert store.read_frame("SELECT version_num FROM alembic_version")["version_num"].tolist() == ["0001"]

@@ -7,6 +7,7 @@ inserts the new ones in one transaction, so re-materializing replaces and never 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -153,6 +154,24 @@ alert_delivery_log = sa.Table(
 )
 
 
+MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
+_MIGRATION_LOCK = 74_226_001  # PostgreSQL advisory lock: one process migrates at a time
+
+
+def upgrade_schema(engine: sa.Engine) -> None:
+    """Bring the results database to the newest Alembic revision (creates it when empty)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(sa.text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
 class ResultsStore(dg.ConfigurableResource):
     """SQLAlchemy URL of the results database, e.g. ``sqlite:///results.db`` or ``postgresql+psycopg2://...``."""
 
@@ -162,8 +181,9 @@ class ResultsStore(dg.ConfigurableResource):
     @property
     def engine(self) -> sa.Engine:
         if self._engine is None:
-            self._engine = sa.create_engine(self.url, future=True)
-            metadata.create_all(self._engine)
+            engine = sa.create_engine(self.url, future=True)
+            upgrade_schema(engine)
+            self._engine = engine
         return self._engine
 
     def replace_partitions(self, table: sa.Table, partition_dates: Sequence[str], frame: pd.DataFrame) -> int:
