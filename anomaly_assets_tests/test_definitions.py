@@ -29,6 +29,9 @@ def test_definitions_load(tmp_path):
     assert {s.name for s in defs.schedules} >= {"daily_scoring_schedule", "weekly_retraining_schedule"}
     assert {s.name for s in defs.sensors} >= {"drift_retraining_sensor"}
     assert dg.AssetCheckKey(dg.AssetKey("validated_telemetry"), "bad_row_share_within_limit") in graph.asset_check_keys
+    # An unreachable MLflow is retried with exponential backoff.
+    retry = graph.get(dg.AssetKey("anomaly_detector")).assets_def.op.retry_policy
+    assert retry.max_retries >= 3 and retry.backoff == dg.Backoff.EXPONENTIAL
     # groups per layer
     groups = {graph.get(dg.AssetKey(k)).group_name for k in keys}
     assert groups == {"ingestion", "features", "training", "scoring", "monitoring"}

@@ -109,8 +109,9 @@ class FleetAnomalyModel:
         top = self.top_features(matrix)
         return pd.DataFrame(
             {
-                "device_id": device_features["device_id"].to_numpy(),
-                "timestamp": device_features["timestamp"].to_numpy(),
+                "device_id": device_features["device_id"].reset_index(drop=True),
+                # The Series itself: to_numpy() of a tz-aware column is an object array of Timestamps.
+                "timestamp": device_features["timestamp"].reset_index(drop=True),
                 "cohort": cohort_keys(device_features, self.spec.cohort_columns).to_numpy(),
                 "score": scores,
                 "severity": self.severity(scores),
@@ -119,7 +120,7 @@ class FleetAnomalyModel:
                 "top_feature_2": top[:, 1] if top.shape[1] > 1 else None,
                 "top_feature_3": top[:, 2] if top.shape[1] > 2 else None,
             }
-        ).astype({"timestamp": device_features["timestamp"].dtype})
+        )
 
 
 def _model_frame(

@@ -72,9 +72,15 @@ def build_device_features(
     missing = [c for c in ("device_id", "timestamp", *spec.cohort_columns, *spec.metrics) if c not in telemetry]
     if missing:
         raise KeyError(f"telemetry lacks columns needed for features: {missing}")
-    frame = telemetry.sort_values(["device_id", "timestamp"], kind="stable", ignore_index=True)
-    device_codes = pd.factorize(frame["device_id"])[0].astype(np.int64)
-    time_ms = frame["timestamp"].to_numpy(dtype="datetime64[ms]").astype(np.int64)
+    keys = [c for c in ("device_id", "timestamp", *spec.cohort_columns, *spec.label_columns) if c in telemetry]
+    device_codes = pd.factorize(telemetry["device_id"], sort=True)[0].astype(np.int64)
+    time_ms = telemetry["timestamp"].to_numpy(dtype="datetime64[ms]").astype(np.int64)
+    order = np.lexsort((time_ms, device_codes))
+    if (np.diff(order) == 1).all():  # already sorted by device and time: no copy
+        frame = telemetry[keys + list(spec.metrics)].reset_index(drop=True)
+    else:
+        frame = telemetry[keys + list(spec.metrics)].take(order).reset_index(drop=True)
+        device_codes, time_ms = device_codes[order], time_ms[order]
     # One sortable key per row: rows of one device are contiguous and time-ordered, and devices
     # lie further apart than the longest window, so no window reaches into the previous device.
     longest_ms = max(pd.Timedelta(w) // pd.Timedelta("1ms") for w in spec.windows)
@@ -86,7 +92,12 @@ def build_device_features(
         for w in spec.windows
     }
 
-    out: dict[str, np.ndarray] = {}
+    columns = spec.device_feature_columns()
+    position = {c: i for i, c in enumerate(columns)}
+    keep = np.ones(len(frame), dtype=bool) if keep_from is None else (time_ms >= _ms(keep_from))
+    # One float block for every feature, holding only the kept rows: no per-column frames to stack.
+    matrix = np.empty((int(keep.sum()), len(columns)))
+    out = _ColumnWriter(matrix, position, keep)
     metric_values = frame[list(spec.metrics)].to_numpy(dtype=np.float64)
     for j, metric in enumerate(spec.metrics):
         values = metric_values[:, j]
@@ -111,13 +122,24 @@ def build_device_features(
     gap[1:] = (time_ms[1:] - time_ms[:-1]) / 60_000.0
     out["gap_minutes"] = np.where(same_device_as_previous, gap, np.nan)
 
-    keys = [c for c in ("device_id", "timestamp", *spec.cohort_columns, *spec.label_columns) if c in frame]
-    features = pd.concat(
-        [frame[keys], pd.DataFrame({c: out[c] for c in spec.device_feature_columns()})], axis=1
-    )
-    if keep_from is not None:
-        features = features.loc[features["timestamp"] >= keep_from].reset_index(drop=True)
-    return features
+    key_frame = frame[keys] if keep.all() else frame.loc[keep, keys].reset_index(drop=True)
+    return pd.concat([key_frame, pd.DataFrame(matrix, columns=columns, copy=False)], axis=1)
+
+
+def _ms(stamp: pd.Timestamp) -> int:
+    stamp = pd.Timestamp(stamp)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return stamp.as_unit("ns").value // 1_000_000
+
+
+class _ColumnWriter:
+    """Writes each computed feature column straight into the kept rows of the output block."""
+
+    def __init__(self, matrix: np.ndarray, position: dict[str, int], keep: np.ndarray):
+        self.matrix, self.position, self.keep, self.all = matrix, position, keep, bool(keep.all())
+
+    def __setitem__(self, column: str, values: np.ndarray) -> None:
+        self.matrix[:, self.position[column]] = values if self.all else values[self.keep]
 
 
 def _rolling_mean_std(values: np.ndarray, starts: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:

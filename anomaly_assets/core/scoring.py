@@ -18,8 +18,11 @@ def daily_device_summary(scored: pd.DataFrame) -> pd.DataFrame:
         model_version=("model_version", "first"),
     ).reset_index()
     flagged = scored.loc[scored["is_anomaly"]]
-    top = flagged.groupby(["partition_date", "device_id"])["top_feature_1"].agg(lambda s: s.value_counts().index[0])
-    summary = summary.merge(top.rename("top_feature").reset_index(), on=["partition_date", "device_id"], how="left")
+    # The most frequent first contributor of each device's flagged rows (ties: alphabetical).
+    counts = flagged.groupby(["partition_date", "device_id", "top_feature_1"]).size().rename("n").reset_index()
+    top = counts.sort_values(["partition_date", "device_id", "n", "top_feature_1"], ascending=[True, True, False, True])
+    top = top.drop_duplicates(["partition_date", "device_id"])[["partition_date", "device_id", "top_feature_1"]]
+    summary = summary.merge(top.rename(columns={"top_feature_1": "top_feature"}), on=["partition_date", "device_id"], how="left")
     return summary.astype({"samples": "int64", "anomalies": "int64"})
 
 
