@@ -13,6 +13,7 @@ from pathlib import Path
 
 ENVIRONMENTS = ("embedded", "production")
 EXECUTORS = ("multiprocess", "in_process", "celery")
+SOURCES = ("synthetic", "sql", "odbc", "files")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,10 +33,24 @@ class Settings:
     # How a run's steps execute: one machine (multiprocess), or Celery workers on a Redis broker
     # (ANOMALY_ASSETS_CELERY_BROKER) that share ANOMALY_ASSETS_STORAGE_PATH.
     executor: str = "multiprocess"
+    # Telemetry source (ANOMALY_ASSETS_SOURCE). Secrets never live here: the SQL URL / ODBC
+    # connection string / inventory URL are read by build_resources through dagster.EnvVar
+    # (ANOMALY_ASSETS_SOURCE_URL, ANOMALY_ASSETS_SOURCE_ODBC, ANOMALY_ASSETS_INVENTORY_URL).
+    source: str = "synthetic"
+    source_table: str = ""  # ANOMALY_ASSETS_SOURCE_TABLE (sql/odbc), or
+    source_query: str = ""  # ANOMALY_ASSETS_SOURCE_QUERY (sql: :start/:end; odbc: two '?')
+    source_glob: str = ""  # ANOMALY_ASSETS_SOURCE_GLOB (files)
+    source_format: str = "auto"  # ANOMALY_ASSETS_SOURCE_FORMAT (files: csv, parquet, auto)
+    # ANOMALY_ASSETS_SOURCE_MAPPING: JSON of ColumnMapping, e.g. {"device_id": "dev", "metrics": {"cpu": "cpu_pct"}}
+    source_mapping: str = ""
+    inventory_table: str = "devices"  # ANOMALY_ASSETS_INVENTORY_TABLE
+    inventory_columns: str = ""  # ANOMALY_ASSETS_INVENTORY_COLUMNS: JSON {cohort attribute: inventory column}
 
     def __post_init__(self) -> None:
         if self.environment not in ENVIRONMENTS:
             raise ValueError(f"ANOMALY_ASSETS_ENV must be one of {ENVIRONMENTS}, got {self.environment!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"ANOMALY_ASSETS_SOURCE must be one of {SOURCES}, got {self.source!r}")
         if self.executor not in EXECUTORS:
             raise ValueError(f"ANOMALY_ASSETS_EXECUTOR must be one of {EXECUTORS}, got {self.executor!r}")
         if self.training_days < 2:
@@ -65,6 +80,14 @@ class Settings:
                 env.get("ANOMALY_ASSETS_DRIFT_SENSOR_INTERVAL_SECONDS", defaults.drift_sensor_interval_seconds)
             ),
             executor=env.get("ANOMALY_ASSETS_EXECUTOR", defaults.executor),
+            source=env.get("ANOMALY_ASSETS_SOURCE", defaults.source) or defaults.source,
+            source_table=env.get("ANOMALY_ASSETS_SOURCE_TABLE", ""),
+            source_query=env.get("ANOMALY_ASSETS_SOURCE_QUERY", ""),
+            source_glob=env.get("ANOMALY_ASSETS_SOURCE_GLOB", ""),
+            source_format=env.get("ANOMALY_ASSETS_SOURCE_FORMAT", defaults.source_format) or defaults.source_format,
+            source_mapping=env.get("ANOMALY_ASSETS_SOURCE_MAPPING", ""),
+            inventory_table=env.get("ANOMALY_ASSETS_INVENTORY_TABLE", defaults.inventory_table) or defaults.inventory_table,
+            inventory_columns=env.get("ANOMALY_ASSETS_INVENTORY_COLUMNS", ""),
         )
 
     @property

@@ -238,3 +238,19 @@ def test_cohort_keys():
     frame = pd.DataFrame({"a": ["x", "y"], "b": [13, 14]})
     assert cohort_keys(frame, ["a", "b"]).tolist() == ["x|13", "y|14"]
     assert cohort_keys(frame, []).tolist() == [FLEET, FLEET]
+
+
+def test_without_cohort_columns_the_fleet_rows_appear_once():
+    import datetime as dt
+
+    from anomaly_assets.core import generator
+    from anomaly_assets.core.baselines import baseline_exceedance, fit_baselines
+    from anomaly_assets.core.cohorts import FLEET, cohort_z_scores, fit_cohort_stats
+
+    frame = generator.generate_day(generator.FleetConfig(n_devices=5), dt.date(2026, 11, 2))
+    stats = fit_cohort_stats(frame, ["cpu_util_pct"], [])
+    base = fit_baselines(frame, ["cpu_util_pct"], [])
+    assert set(stats["cohort"]) == {FLEET} and not stats.duplicated(["cohort", "hour", "metric"]).any()
+    assert base["cohort"].tolist() == [FLEET]
+    assert cohort_z_scores(frame, stats, ["cpu_util_pct"], []).notna().all().all()
+    assert len(baseline_exceedance(frame, base, ["cpu_util_pct"], [])) == len(frame)

@@ -186,3 +186,19 @@ def test_gate_logic_without_labels_checks_alert_rate_and_stability():
     assert not decision.passed and any("PSI" in r for r in decision.reasons if r.startswith("fail"))
     noisy = champion.assign(is_anomaly=True)
     assert not evaluate_gate(noisy, champion, labels=None).passed
+
+
+def test_training_and_scoring_runs_carry_pictures_and_links(home, registry):
+    client = registry.client()
+    run_id = client.get_model_version(registry.model_name, "1").run_id
+    figures = {a.path for a in client.list_artifacts(run_id, "figures")}
+    assert figures >= {"figures/score_distribution.png", "figures/feature_contributions.png", "figures/roc_pr_curves.png"}
+    assert client.get_run(run_id).data.tags["dagster_run_url"].startswith("http")
+    scoring = client.get_experiment_by_name(f"{registry.experiment_name}_scoring")
+    runs = client.search_runs([scoring.experiment_id], filter_string="tags.partition = '2026-11-08'")
+    assert runs and {a.path for a in client.list_artifacts(runs[0].info.run_id, "figures")} == {
+        "figures/anomalies_over_time.png"
+    }
+    instance = _instance(home)
+    event = instance.get_latest_materialization_event(dg.AssetKey("scored_anomalies"))
+    assert event.asset_materialization.metadata["mlflow_run"].value.startswith("http://127.0.0.1:5000/#/experiments/")

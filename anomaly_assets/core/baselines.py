@@ -19,7 +19,8 @@ def fit_baselines(telemetry: pd.DataFrame, metrics: Sequence[str], cohort_column
         raise ValueError("cannot fit baselines on an empty training window")
     frame = telemetry[list(metrics)].assign(cohort=cohort_keys(telemetry, cohort_columns))
     parts = []
-    for cohort_frame in (frame, frame.assign(cohort=FLEET)):
+    # Without cohort columns every row is in the fleet cohort: its baselines appear once.
+    for cohort_frame in (frame, frame.assign(cohort=FLEET)) if cohort_columns else (frame,):
         grouped = cohort_frame.groupby("cohort", sort=True)[list(metrics)]
         q = grouped.quantile(list(QUANTILES.values()))
         q.index = q.index.set_levels(list(QUANTILES), level=1)

@@ -42,9 +42,10 @@ def fit_cohort_stats(
             **{m: telemetry[m] for m in metrics},
         }
     )
-    per_cohort = _long_stats(frame, metrics, ["cohort", "hour"])
     fleet = _long_stats(frame.assign(cohort=FLEET), metrics, ["cohort", "hour"])
-    stats = pd.concat([per_cohort, fleet], ignore_index=True)
+    # Without cohort columns every row is in the fleet cohort: its stats appear once.
+    per_cohort = [_long_stats(frame, metrics, ["cohort", "hour"])] if cohort_columns else []
+    stats = pd.concat([*per_cohort, fleet], ignore_index=True)
     return stats[list(COHORT_STATS_COLUMNS)]
 
 

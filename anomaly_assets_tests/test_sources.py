@@ -1,0 +1,278 @@
+"""Real telemetry sources against real servers: PostgreSQL through SQLAlchemy and through pyodbc
+(psqlODBC), SQLite, CSV and parquet files; injection-shaped inputs; credential redaction;
+device inventory enrichment and its skip-with-warning path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from anomaly_assets.core.inventory import join_inventory
+from anomaly_assets.core.validation import validate_telemetry
+from anomaly_assets.defs.inventory.assets import read_inventory
+from anomaly_assets.resources.sources import (
+    LABEL_COLUMN,
+    ColumnMapping,
+    FileTelemetrySource,
+    InventorySource,
+    OdbcTelemetrySource,
+    SqlTelemetrySource,
+    TelemetrySourceError,
+    redact_odbc,
+    redact_url,
+)
+from anomaly_assets_tests.conftest import require_service
+
+EVIL = "x'; DROP TABLE t; --"
+DAY = pd.Timestamp("2026-11-02", tz="UTC")
+START, END = DAY, DAY + pd.Timedelta(days=1)
+SECRET = "s3cr3t-Pw0rd"
+MAPPING = ColumnMapping(
+    device_id="dev",
+    timestamp="ts",
+    cohorts={"manufacturer": "maker"},
+    metrics={"cpu_util_pct": "cpu", "memory_used_pct": "mem"},
+    label="lbl",
+    ranges={"cpu_util_pct": [0, 100]},
+)
+
+
+def source_rows() -> pd.DataFrame:
+    """3 devices (one with an injection-shaped id), hourly, over 3 days (the middle one is read)."""
+    times = pd.date_range(DAY - pd.Timedelta(days=1), periods=72, freq="h", tz="UTC")
+    rows = []
+    for i, dev in enumerate(["dev-1", "dev-2", EVIL]):
+        rows.append(
+            pd.DataFrame(
+                {
+                    "dev": dev,
+                    "ts": times,
+                    "maker": ["Zebra", "Honeywell", "O'Brien; --"][i],
+                    "cpu": np.linspace(10, 60, 72) + i,
+                    "mem": 40.0 + i,
+                    "lbl": (np.arange(72) % 17 == 0).astype(int),
+                    "extra": "ignored",
+                }
+            )
+        )
+    return pd.concat(rows, ignore_index=True)
+
+
+def expected_day() -> pd.DataFrame:
+    rows = source_rows()
+    return rows.loc[(rows["ts"] >= START) & (rows["ts"] < END)]
+
+
+def check_frame(frame: pd.DataFrame, source) -> None:
+    assert len(frame) == len(expected_day()) == 72
+    assert set(frame["device_id"]) == {"dev-1", "dev-2", EVIL}
+    assert list(frame.columns) == ["device_id", "timestamp", "manufacturer", "cpu_util_pct", "memory_used_pct", LABEL_COLUMN]
+    assert str(frame["timestamp"].dt.tz) == "UTC"
+    assert frame["timestamp"].min() == START and frame["timestamp"].max() == END - pd.Timedelta(hours=1)
+    assert frame[LABEL_COLUMN].dtype == bool and frame[LABEL_COLUMN].any()
+    evil = frame.loc[frame["device_id"] == EVIL]
+    assert len(evil) == 24 and set(evil["manufacturer"]) == {"O'Brien; --"}
+    # The same contract as the synthetic source: validation accepts every row.
+    contract = source.contract()
+    assert contract.metrics == ("cpu_util_pct", "memory_used_pct") and contract.cohort_columns == ("manufacturer",)
+    assert source.label_columns() == (LABEL_COLUMN,)
+    result = validate_telemetry(frame, contract, START, END)
+    assert len(result.valid) == 72 and result.quarantined.empty
+
+
+# ----------------------------------------------------------------------------- SQLite
+
+
+def test_sqlite_table_and_query(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'telemetry.db'}"
+    engine = sa.create_engine(url)
+    rows = source_rows()
+    rows.assign(ts=rows["ts"].dt.tz_localize(None)).to_sql("telemetry", engine, index=False)
+    source = SqlTelemetrySource(url=url, table="telemetry", mapping=MAPPING, naive_utc_parameters=True, chunk_rows=10)
+    check_frame(source.read_window(START, END), source)
+    query = SqlTelemetrySource(
+        url=url,
+        query="SELECT dev, ts, maker, cpu, mem, lbl FROM telemetry WHERE ts >= :start AND ts < :end",
+        mapping=MAPPING,
+        naive_utc_parameters=True,
+    )
+    check_frame(query.read_window(START, END), query)
+    # An injection-shaped table name is one quoted identifier: it fails to resolve, drops nothing.
+    evil = SqlTelemetrySource(url=url, table='telemetry"; DROP TABLE telemetry; --', mapping=MAPPING)
+    with pytest.raises(TelemetrySourceError, match="no such table"):
+        evil.read_window(START, END)
+    assert sa.inspect(engine).has_table("telemetry")
+    engine.dispose()
+
+
+def test_query_without_bound_window_is_refused(tmp_path: Path):
+    source = SqlTelemetrySource(url=f"sqlite:///{tmp_path / 'x.db'}", query="SELECT * FROM t", mapping=MAPPING)
+    with pytest.raises(ValueError, match=":start and :end"):
+        source.read_window(START, END)
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+
+
+def test_postgres_through_sqlalchemy(postgres_database: str):
+    engine = sa.create_engine(postgres_database)
+    source_rows().to_sql("telemetry", engine, index=False)
+    engine.dispose()
+    source = SqlTelemetrySource(url=postgres_database, table="public.telemetry", mapping=MAPPING, chunk_rows=7)
+    check_frame(source.read_window(START, END), source)
+    with sa.create_engine(postgres_database).connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM telemetry")).scalar() == 216
+
+
+def odbc_driver() -> str | None:
+    try:
+        import pyodbc
+    except ImportError:
+        return None
+    return next((d for d in pyodbc.drivers() if d.startswith("PostgreSQL Unicode")), None)
+
+
+def test_postgres_through_odbc(postgres_database: str):
+    driver = odbc_driver()
+    require_service(driver is not None, "pyodbc with the psqlODBC driver is not installed (apt-get install unixodbc odbc-postgresql)")
+    engine = sa.create_engine(postgres_database)
+    rows = source_rows()
+    rows.assign(ts=rows["ts"].dt.tz_localize(None)).to_sql("telemetry", engine, index=False)  # timestamp (UTC)
+    engine.dispose()
+    url = sa.engine.make_url(postgres_database)
+    connection_string = (
+        f"DRIVER={{{driver}}};SERVER={url.host};PORT={url.port or 5432};DATABASE={url.database};UID={url.username};PWD={SECRET};"
+    )
+    source = OdbcTelemetrySource(connection_string=connection_string, table="telemetry", mapping=MAPPING, chunk_rows=5)
+    assert SECRET not in source.describe()
+    check_frame(source.read_window(START, END), source)
+    query = OdbcTelemetrySource(
+        connection_string=connection_string,
+        query='SELECT dev, ts, maker, cpu, mem, lbl FROM telemetry WHERE ts >= ? AND ts < ?',
+        mapping=MAPPING,
+    )
+    check_frame(query.read_window(START, END), query)
+    evil = OdbcTelemetrySource(connection_string=connection_string, table='telemetry"; DROP TABLE telemetry; --', mapping=MAPPING)
+    with pytest.raises(TelemetrySourceError) as caught:
+        evil.read_window(START, END)
+    assert SECRET not in str(caught.value)
+    with sa.create_engine(postgres_database).connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM telemetry")).scalar() == 216
+
+
+# ----------------------------------------------------------------------------- credentials
+
+
+def test_unreachable_sql_source_names_host_not_password():
+    url = f"postgresql+psycopg2://fleet_reader:{SECRET}@127.0.0.1:1/telemetry"
+    source = SqlTelemetrySource(url=url, table="telemetry", mapping=MAPPING)
+    with pytest.raises(TelemetrySourceError) as caught:
+        source.read_window(START, END)
+    message = str(caught.value)
+    assert "127.0.0.1:1" in message and "'telemetry'" in message
+    assert SECRET not in message and SECRET not in source.describe()
+    assert SECRET not in redact_url(url) and "***" in redact_url(url)
+
+
+def test_unreachable_odbc_source_names_host_not_password():
+    assert redact_odbc(f"DRIVER={{x}};SERVER=h;PWD={SECRET};UID=u") == "DRIVER={x};SERVER=h;PWD=***;UID=u"
+    assert SECRET not in redact_odbc(f"Server=h;Password={{{SECRET};x}}}};Uid=u")
+    driver = odbc_driver()
+    require_service(driver is not None, "pyodbc with the psqlODBC driver is not installed")
+    source = OdbcTelemetrySource(
+        connection_string=f"DRIVER={{{driver}}};SERVER=127.0.0.1;PORT=1;DATABASE=x;UID=u;PWD={SECRET};",
+        table="telemetry",
+        mapping=MAPPING,
+        timeout_seconds=3,
+    )
+    with pytest.raises(TelemetrySourceError) as caught:
+        source.read_window(START, END)
+    assert "127.0.0.1:1" in str(caught.value) and SECRET not in str(caught.value)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_files_by_glob(tmp_path: Path, fmt: str):
+    rows = source_rows()
+    for day, part in rows.groupby(rows["ts"].dt.strftime("%Y-%m-%d")):
+        path = tmp_path / f"telemetry-{day}.{fmt}"
+        part.to_csv(path, index=False) if fmt == "csv" else part.to_parquet(path, index=False)
+    source = FileTelemetrySource(glob=str(tmp_path / f"telemetry-*.{fmt}"), mapping=MAPPING, chunk_rows=20)
+    check_frame(source.read_window(START, END), source)
+    with pytest.raises(TelemetrySourceError, match="no file matches"):
+        FileTelemetrySource(glob=str(tmp_path / "nothing-*.csv"), mapping=MAPPING).read_window(START, END)
+
+
+# ----------------------------------------------------------------------------- inventory
+
+
+def test_inventory_join_and_skip_paths(tmp_path: Path):
+    telemetry = source_rows().rename(columns={"dev": "device_id", "ts": "timestamp"})
+    inventory = pd.DataFrame({"asset_tag": ["dev-1", EVIL, "dev-1"], "hw_model": ["TC52", "CT40", "TC57"], "site": ["A", "B", "C"]})
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    engine = sa.create_engine(url)
+    inventory.to_sql("devices", engine, index=False)
+    engine.dispose()
+    source = InventorySource(url=url, table="devices", device_id="asset_tag", columns={"model": "hw_model"})
+    frame, metadata = read_inventory(source)
+    assert metadata["enriched"] and list(frame.columns) == ["device_id", "model"]
+    joined, report = join_inventory(telemetry, frame, ["model"])
+    assert len(joined) == len(telemetry)  # never duplicates rows
+    assert set(joined.loc[joined["device_id"] == "dev-1", "model"]) == {"TC57"}  # last inventory row wins
+    assert set(joined.loc[joined["device_id"] == EVIL, "model"]) == {"CT40"}
+    assert set(joined.loc[joined["device_id"] == "dev-2", "model"]) == {"unknown"}
+    assert report["devices_missing_from_inventory"] == 1
+
+    # Not configured: skipped with a warning; the telemetry is unchanged.
+    empty, metadata = read_inventory(InventorySource())
+    assert not metadata["enriched"] and "not configured" in metadata["warning"] and empty.empty
+    unchanged, report = join_inventory(telemetry, None)
+    assert unchanged is telemetry and report == {"inventory_joined": False}
+
+    # Unreachable: skipped with a redacted warning.
+    down = InventorySource(url=f"postgresql+psycopg2://fleet:{SECRET}@127.0.0.1:1/fleet")
+    empty, metadata = read_inventory(down)
+    assert not metadata["enriched"] and "unreachable" in metadata["warning"]
+    assert "127.0.0.1" in metadata["warning"] and SECRET not in metadata["warning"]
+
+
+def test_build_resources_selects_sql_source_from_env(tmp_path: Path, monkeypatch):
+    from anomaly_assets.resources import build_resources
+    from anomaly_assets.settings import Settings
+
+    monkeypatch.setenv("ANOMALY_ASSETS_SOURCE_URL", f"sqlite:///{tmp_path / 'telemetry.db'}")
+    monkeypatch.delenv("ANOMALY_ASSETS_INVENTORY_URL", raising=False)
+    settings = Settings.from_env(
+        {
+            "ANOMALY_ASSETS_HOME": str(tmp_path),
+            "ANOMALY_ASSETS_SOURCE": "sql",
+            "ANOMALY_ASSETS_SOURCE_TABLE": "telemetry",
+            "ANOMALY_ASSETS_SOURCE_MAPPING": '{"device_id": "dev", "timestamp": "ts", "metrics": {"cpu": "cpu"}}',
+        }
+    )
+    resources = build_resources(settings)
+    source = resources["telemetry_source"]
+    assert isinstance(source, SqlTelemetrySource) and source.contract().metrics == ("cpu",)
+    assert not resources["inventory_source"].configured()
+    with pytest.raises(ValueError, match="ANOMALY_ASSETS_SOURCE must be one of"):
+        Settings.from_env({"ANOMALY_ASSETS_SOURCE": "oracle"})
+
+
+def test_device_inventory_asset_skips_with_warning_when_not_configured(tmp_path: Path):
+    import dagster as dg
+
+    from anomaly_assets.defs.inventory.assets import device_inventory
+
+    result = dg.materialize(
+        [device_inventory],
+        resources={"inventory_source": InventorySource(), "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path))},
+    )
+    assert result.success
+    metadata = result.asset_materializations_for_node("device_inventory")[0].metadata
+    assert "not configured" in metadata["warning"].value and metadata["dagster/row_count"].value == 0
