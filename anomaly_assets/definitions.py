@@ -9,6 +9,7 @@ from anomaly_assets.defs.features import assets as feature_assets
 from anomaly_assets.defs import schedules
 from anomaly_assets.defs.alerting import assets as alerting_assets
 from anomaly_assets.defs.ingestion import assets as ingestion_assets
+from anomaly_assets.defs.inventory import assets as inventory_assets
 from anomaly_assets.defs.monitoring import assets as monitoring_assets
 from anomaly_assets.defs.monitoring.sensors import drift_retraining_sensor
 from anomaly_assets.defs.registry import assets as registry_assets
@@ -31,7 +32,7 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition | None:
     return None
 
 
-ASSET_MODULES = (ingestion_assets, feature_assets, training_assets, registry_assets, scoring_assets, monitoring_assets, alerting_assets)
+ASSET_MODULES = (ingestion_assets, inventory_assets, feature_assets, training_assets, registry_assets, scoring_assets, monitoring_assets, alerting_assets)
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:

@@ -1,0 +1,1 @@
+"""Incidents from scored rows, and their delivery to alert channels."""

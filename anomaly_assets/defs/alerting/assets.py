@@ -1,0 +1,187 @@
+"""device_incidents (anomalous rows grouped into device and cohort incidents) and alert_deliveries
+(incidents sent to the configured channels, once per incident and channel)."""
+
+import dataclasses
+
+import dagster as dg
+import pandas as pd
+
+from anomaly_assets.core.alerts import ChannelConfigError
+from anomaly_assets.core.incidents import IncidentRules, detect_incidents
+from anomaly_assets.defs.jobs import scoring_job
+from anomaly_assets.defs.partitions import daily_partitions, days_in, markdown_preview, partition_window
+from anomaly_assets.resources import ResultsStore
+from anomaly_assets.resources import incident_store
+from anomaly_assets.resources.alert_router import AlertRouter
+
+INCIDENT_PREVIEW = ["kind", "device_id", "cohort", "status", "severity_level", "started_at", "anomalous_samples", "devices", "top_features"]
+_DEFAULT_RULES = IncidentRules()
+
+
+class IncidentConfig(dg.Config):
+    """Hysteresis, cooldown, severity levels and the cohort rule (defaults: 5-minute samples)."""
+
+    open_k: int = _DEFAULT_RULES.open_k
+    open_n: int = _DEFAULT_RULES.open_n
+    close_m: int = _DEFAULT_RULES.close_m
+    cooldown_minutes: float = _DEFAULT_RULES.cooldown_minutes
+    stale_after_minutes: float = _DEFAULT_RULES.stale_after_minutes
+    medium_at: float = _DEFAULT_RULES.medium_at
+    high_at: float = _DEFAULT_RULES.high_at
+    critical_at: float = _DEFAULT_RULES.critical_at
+    cohort_bucket_minutes: int = _DEFAULT_RULES.cohort_bucket_minutes
+    cohort_min_share: float = _DEFAULT_RULES.cohort_min_share
+    cohort_min_flagged_devices: int = _DEFAULT_RULES.cohort_min_flagged_devices
+    cohort_min_devices: int = _DEFAULT_RULES.cohort_min_devices
+    cohort_min_device_samples: int = _DEFAULT_RULES.cohort_min_device_samples
+    cohort_close_after_buckets: int = _DEFAULT_RULES.cohort_close_after_buckets
+
+    def rules(self) -> IncidentRules:
+        try:
+            return IncidentRules(**self.model_dump())
+        except ValueError as error:
+            raise dg.Failure(description=f"device_incidents run config: {error}") from error
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    group_name="alerting",
+    kinds={"pandas", "sql"},
+    owners=["team:fleet-analytics"],
+    code_version="1",
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    description="Anomalous rows grouped into device incidents (hysteresis, cooldown) and cohort incidents; "
+    "stable ids, upserted in the 'incidents' table; incidents open at midnight continue the next day.",
+)
+def device_incidents(
+    context: dg.AssetExecutionContext,
+    config: IncidentConfig,
+    scored_anomalies: pd.DataFrame,
+    results_store: ResultsStore,
+) -> dg.MaterializeResult:
+    rules = config.rules()
+    start, end = partition_window(context)
+    days = days_in(start, end)
+    first_partition = daily_partitions.get_first_partition_key()
+    partition_days = scored_anomalies["partition_date"] if len(scored_anomalies) else pd.Series(dtype="object")
+    metadata_by_day = {}
+    for day in days:  # in order: each day continues from the state the previous day left
+        previous = incident_store.previous_day(day)
+        processed, states = incident_store.load_state(results_store, previous)
+        if not processed and day != first_partition:
+            context.log.warning(
+                f"device_incidents {previous} has not been processed: incidents of {day} start without "
+                "the previous day's open incidents and hysteresis windows"
+            )
+        rows = scored_anomalies.loc[partition_days == day]
+        day_end = pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1)
+        result = detect_incidents(rows, states, rules, day, day_end)
+        written = incident_store.write_day(results_store, day, result, context.run.run_id)
+        incidents = result.incidents
+        metadata_by_day[day] = {
+            "dagster/row_count": len(incidents),
+            "device_incidents": int((incidents["kind"] == "device").sum()) if len(incidents) else 0,
+            "cohort_incidents": int((incidents["kind"] == "cohort").sum()) if len(incidents) else 0,
+            "opened": int((incidents["first_partition"] == day).sum()) if len(incidents) else 0,
+            "continued_from_previous_day": sum(1 for s in states.values() if s.get("open")),
+            "open_at_end_of_day": sum(1 for s in result.states.values() if s.get("open")),
+            "attached_to_cohort_incidents": int(incidents["cohort_incident_id"].notna().sum()) if len(incidents) else 0,
+            "cooldown_suppressed_samples": result.suppressed_samples,
+            "previous_day_state": "loaded" if processed else "missing (started fresh)",
+            "stale_incidents_deleted": written["stale_deleted"],
+            "rules": dg.MetadataValue.json(dataclasses.asdict(rules)),
+            "preview": markdown_preview(
+                incidents.sort_values("max_severity", ascending=False)[INCIDENT_PREVIEW] if len(incidents) else incidents, rows=10
+            ),
+        }
+        context.log.info(f"{day}: {len(incidents)} incidents touched, {written}")
+    if len(days) == 1:
+        return dg.MaterializeResult(metadata=metadata_by_day[days[0]])
+    for day, metadata in metadata_by_day.items():
+        context.add_asset_metadata(metadata, partition_key=day)
+    return dg.MaterializeResult()
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    group_name="alerting",
+    kinds={"sql"},
+    owners=["team:fleet-analytics"],
+    code_version="1",
+    deps=[device_incidents],
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    check_specs=[
+        dg.AssetCheckSpec(
+            "no_failed_deliveries",
+            asset="alert_deliveries",
+            description="Every incident reached every channel that should receive it (failed ones are retried next run).",
+        )
+    ],
+    description="Incidents of the partition sent to the alert channels of ANOMALY_ASSETS_ALERT_CHANNELS "
+    "(webhook, Slack, email), once per (incident, channel); failed deliveries of earlier runs are retried.",
+)
+def alert_deliveries(context: dg.AssetExecutionContext, results_store: ResultsStore, alert_router: AlertRouter):
+    start, end = partition_window(context)
+    days = days_in(start, end)
+    try:
+        channels = alert_router.channel_configs()
+    except ChannelConfigError as error:
+        raise dg.Failure(description=str(error)) from error
+    if not channels:
+        yield dg.MaterializeResult(metadata={"status": "no channels configured", "channels": 0})
+        yield dg.AssetCheckResult(check_name="no_failed_deliveries", passed=True, metadata={"status": "no channels configured"})
+        return
+    candidates = incident_store.delivery_candidates(results_store, days)
+    report = alert_router.deliver(results_store.engine, candidates, log=context.log.warning)
+    failed = incident_store.failed_deliveries(results_store)
+    failed = failed.loc[failed["channel"].isin([c.name for c in channels])]  # channels still configured
+    table = report.table()
+    yield dg.MaterializeResult(
+        metadata={
+            "status": "delivered" if report.total("failed") == 0 else "some deliveries failed (retried next run)",
+            "channels": len(channels),
+            "candidate_incidents": len(candidates),
+            "delivered": report.total("delivered"),
+            "digested": report.total("digested"),
+            "digests_sent": report.total("digests_sent"),
+            "suppressed_by_cohort_incident": report.total("suppressed"),
+            "failed": report.total("failed"),
+            "already_done": report.total("already_done"),
+            "per_channel": dg.MetadataValue.md(table.to_markdown(index=False)),
+            "dagster_link": alert_router.asset_url(),
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name="no_failed_deliveries",
+        passed=failed.empty,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "failed_deliveries": len(failed),
+            "failures": markdown_preview(failed, rows=20),
+        },
+    )
+
+
+alerting_job = dg.define_asset_job(
+    "alerting_job",
+    selection=dg.AssetSelection.assets(device_incidents, alert_deliveries),
+    partitions_def=daily_partitions,
+    description="Group a day's scored anomalies into incidents and send them to the alert channels.",
+)
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[scoring_job],
+    request_job=alerting_job,
+    description="After a scoring_job run succeeds, runs alerting_job for the same partition (or range).",
+)
+def alerting_after_scoring_sensor(context: dg.RunStatusSensorContext):
+    tags = context.dagster_run.tags
+    run_id = context.dagster_run.run_id
+    if "dagster/partition" in tags:
+        return dg.RunRequest(run_key=f"alerting-{run_id}", partition_key=tags["dagster/partition"])
+    range_tags = {k: v for k, v in tags.items() if k in ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")}
+    if len(range_tags) == 2:
+        return dg.RunRequest(run_key=f"alerting-{run_id}", tags=range_tags)
+    return dg.SkipReason(f"scoring run {run_id} has no partition tags")

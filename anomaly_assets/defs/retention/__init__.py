@@ -1,0 +1,1 @@
+"""Retention: purge old results in batches, archive old model versions."""
