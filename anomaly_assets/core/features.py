@@ -96,7 +96,9 @@ def build_device_features(
     position = {c: i for i, c in enumerate(columns)}
     keep = np.ones(len(frame), dtype=bool) if keep_from is None else (time_ms >= _ms(keep_from))
     # One float block for every feature, holding only the kept rows: no per-column frames to stack.
-    matrix = np.empty((int(keep.sum()), len(columns)))
+    # Column-major, so each feature column is written contiguously, and pandas takes the block
+    # as it is (its blocks are column-major too).
+    matrix = np.empty((int(keep.sum()), len(columns)), order="F")
     out = _ColumnWriter(matrix, position, keep)
     metric_values = frame[list(spec.metrics)].to_numpy(dtype=np.float64)
     for j, metric in enumerate(spec.metrics):
@@ -136,10 +138,15 @@ class _ColumnWriter:
     """Writes each computed feature column straight into the kept rows of the output block."""
 
     def __init__(self, matrix: np.ndarray, position: dict[str, int], keep: np.ndarray):
-        self.matrix, self.position, self.keep, self.all = matrix, position, keep, bool(keep.all())
+        self.matrix, self.position = matrix, position
+        self.rows = None if keep.all() else np.flatnonzero(keep)
 
     def __setitem__(self, column: str, values: np.ndarray) -> None:
-        self.matrix[:, self.position[column]] = values if self.all else values[self.keep]
+        target = self.matrix[:, self.position[column]]
+        if self.rows is None:
+            target[:] = values
+        else:
+            np.take(values, self.rows, out=target)
 
 
 def _rolling_mean_std(values: np.ndarray, starts: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:

@@ -240,11 +240,11 @@ def _copy_into(connection: sa.Connection, table: sa.Table, frame: pd.DataFrame) 
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
-    """Plain Python values (no numpy scalars, None for missing) for the DB driver."""
-    out = frame.astype("object").where(frame.notna(), None)
-    for column in frame.columns:
-        if isinstance(frame[column].dtype, pd.DatetimeTZDtype):
-            out[column] = [v.to_pydatetime() if v is not None else None for v in out[column]]
-        elif pd.api.types.is_bool_dtype(frame[column].dtype):
-            out[column] = out[column].map(lambda v: None if v is None else bool(v))
-    return out.to_dict("records")
+    """Plain Python values (None for missing) for the DB driver, built column by column."""
+    names = list(frame.columns)
+    columns = []
+    for name in names:
+        values = frame[name].to_numpy(dtype=object, copy=True)  # Python scalars; Timestamps are datetimes
+        values[frame[name].isna().to_numpy()] = None
+        columns.append(values.tolist())
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
