@@ -276,3 +276,35 @@ def test_device_inventory_asset_skips_with_warning_when_not_configured(tmp_path:
     assert result.success
     metadata = result.asset_materializations_for_node("device_inventory")[0].metadata
     assert "not configured" in metadata["warning"].value and metadata["dagster/row_count"].value == 0
+
+
+def test_raw_telemetry_takes_cohort_attributes_from_the_inventory(tmp_path: Path):
+    """A configured inventory overrides nothing the telemetry has, and fills what it lacks."""
+    import dagster as dg
+    import sqlalchemy as sa
+
+    from anomaly_assets.defs.ingestion.assets import raw_telemetry
+    from anomaly_assets.resources import PartitionedParquetIOManager, SyntheticFleetSource
+    from anomaly_assets.resources.sources import InventorySource
+
+    url = f"sqlite:///{tmp_path}/inventory.db"
+    pd.DataFrame({"device_id": ["dev-000000", "dev-000001"], "site": ["Lyon", "Oslo"]}).to_sql(
+        "devices", sa.create_engine(url), index=False
+    )
+    resources = {
+        "telemetry_source": SyntheticFleetSource(n_devices=3),
+        "io_manager": PartitionedParquetIOManager(base_path=str(tmp_path / "parquet")),
+        "inventory_source": InventorySource(url=url, columns={"site": "site"}),
+    }
+    result = dg.materialize([raw_telemetry], partition_key="2026-11-02", resources=resources)
+    frame = pd.read_parquet(tmp_path / "parquet" / "raw_telemetry" / "2026-11-02.parquet")
+    sites = frame.groupby("device_id")["site"].first().to_dict()
+    assert sites == {"dev-000000": "Lyon", "dev-000001": "Oslo", "dev-000002": "unknown"}
+    metadata = result.get_asset_materialization_events()[0].materialization.metadata["inventory"].value
+    assert metadata["inventory_joined"] is True and metadata["devices_missing_from_inventory"] == 1
+
+    # Unreachable inventory: enrichment skipped with a warning, the partition still materializes.
+    resources["inventory_source"] = InventorySource(url=f"sqlite:///{tmp_path}/missing/nowhere.db")
+    result = dg.materialize([raw_telemetry], partition_key="2026-11-03", resources=resources)
+    metadata = result.get_asset_materialization_events()[0].materialization.metadata["inventory"].value
+    assert metadata["enriched"] is False and "unreachable" in metadata["warning"]

@@ -11,6 +11,8 @@ import datetime as dt
 from collections.abc import Callable
 
 import dagster as dg
+
+from anomaly_assets.resources.sources import InventorySource
 import numpy as np
 import pandas as pd
 import pytest
@@ -87,6 +89,7 @@ def run(tmp_path, kind: str, assets=(raw_telemetry, validated_telemetry), run_co
         "telemetry_source": HandBuiltSource(kind=kind, **source),
         "results_store": ResultsStore(url=f"sqlite:///{tmp_path}/results.db"),
         "io_manager": PartitionedParquetIOManager(base_path=str(tmp_path / "parquet")),
+        "inventory_source": InventorySource(),  # not configured: enrichment skipped
     }
     result = dg.materialize(
         list(assets), partition_key=PARTITION, resources=resources, raise_on_error=False, run_config=run_config
@@ -243,6 +246,7 @@ def run_range(tmp_path, frame: pd.DataFrame):
         "telemetry_source": HandBuiltSource(kind="range"),
         "results_store": ResultsStore(url=f"sqlite:///{tmp_path}/results.db"),
         "io_manager": PartitionedParquetIOManager(base_path=str(tmp_path / "parquet")),
+        "inventory_source": InventorySource(),  # not configured: enrichment skipped
     }
     tags = {"dagster/asset_partition_range_start": "2026-11-02", "dagster/asset_partition_range_end": "2026-11-03"}
     result = dg.materialize([raw_telemetry, validated_telemetry], resources=resources, tags=tags)

@@ -26,7 +26,10 @@ from anomaly_assets.defs.partitions import (
     partition_metadata,
     partition_window,
 )
+from anomaly_assets.core.inventory import join_inventory
+from anomaly_assets.defs.inventory.assets import read_inventory
 from anomaly_assets.resources import ResultsStore, TelemetrySource
+from anomaly_assets.resources.sources import InventorySource
 from anomaly_assets.resources.results_store import quarantined_telemetry
 
 OWNERS = ["team:fleet-analytics"]
@@ -52,9 +55,19 @@ SAMPLE_ROWS = 5
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="One day of telemetry rows from the configured source, as delivered.",
 )
-def raw_telemetry(context: dg.AssetExecutionContext, telemetry_source: TelemetrySource) -> dg.Output[pd.DataFrame]:
+def raw_telemetry(
+    context: dg.AssetExecutionContext, telemetry_source: TelemetrySource, inventory_source: InventorySource
+) -> dg.Output[pd.DataFrame]:
     start, end = partition_window(context)
     frame = telemetry_source.read_window(start, end)
+    # Cohort attributes from the fleet management database, when one is configured and reachable;
+    # otherwise the telemetry's own columns are used and the metadata says why.
+    inventory, inventory_report = read_inventory(inventory_source)
+    if inventory_report.get("enriched") and len(frame):
+        frame, join_report = join_inventory(frame, inventory, list(inventory_source.columns) or None)
+        inventory_report = {**inventory_report, **join_report}
+    elif "warning" in inventory_report and inventory_source.configured():
+        context.log.warning(str(inventory_report["warning"]))
     # Parquet cannot store a column mixing numbers and text: keep such a column as text (values
     # unchanged as written), so the delivery is stored and validation reports the column's type.
     mixed = [c for c in frame.columns if frame[c].dtype == object and _mixed_types(frame[c])]
@@ -64,6 +77,7 @@ def raw_telemetry(context: dg.AssetExecutionContext, telemetry_source: Telemetry
         "dagster/row_count": len(rows),
         "devices": int(rows["device_id"].nunique()) if "device_id" in rows else 0,
         "source": telemetry_source.describe(),
+        "inventory": dg.MetadataValue.json({k: v for k, v in inventory_report.items() if k != "devices"}),
         **({"mixed_type_columns_stored_as_text": dg.MetadataValue.json(mixed)} if mixed else {}),
         "preview": markdown_preview(rows),
     }
