@@ -45,6 +45,8 @@ def test_steps_of_one_run_execute_on_two_celery_workers(tmp_path, restore_enviro
         "ANOMALY_ASSETS_FLEET_SEED": "4",
         "ANOMALY_ASSETS_CELERY_BROKER": BROKER,
         "ANOMALY_ASSETS_CELERY_BACKEND": BROKER,
+        # dagster-celery starts the `celery` executable by name: it must be on PATH.
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     settings.dagster_home.mkdir(parents=True)
     (settings.dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -65,10 +67,14 @@ def test_steps_of_one_run_execute_on_two_celery_workers(tmp_path, restore_enviro
     ]
     try:
         time.sleep(8)  # let both workers connect to the broker
+        for worker in workers:
+            assert worker.poll() is None, "a Celery worker exited:\n" + "\n".join(
+                (tmp_path / f"worker{i}.log").read_text()[-3000:] for i in (1, 2)
+            )
         result = subprocess.run(
             [str(BIN / "dagster"), "job", "execute", "-m", "anomaly_assets.definitions", "-j", "training_job",
              "--tags", json.dumps({"dagster/partition": "2026-11-07"})],
-            cwd=REPO, env=celery_env, capture_output=True, text=True, timeout=420,
+            cwd=REPO, env=celery_env, capture_output=True, text=True, timeout=300,
         )
         logs = "\n".join((tmp_path / f"worker{i}.log").read_text()[-2000:] for i in (1, 2))
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + logs
