@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from anomaly_assets.core.cohorts import FLEET, cohort_keys
+from anomaly_assets.core.cohorts import FLEET, cohort_keys, row_cohorts
 
 QUANTILES = {"p01": 0.01, "p50": 0.5, "p99": 0.99}
 BASELINE_COLUMNS = ("cohort", "metric", *QUANTILES, "count")
@@ -32,10 +32,10 @@ def fit_baselines(telemetry: pd.DataFrame, metrics: Sequence[str], cohort_column
     return pd.concat(parts, ignore_index=True)[list(BASELINE_COLUMNS)]
 
 
-def baseline_exceedance(
-    features: pd.DataFrame, baselines: pd.DataFrame, metrics: Sequence[str], cohort_columns: Sequence[str]
-) -> pd.DataFrame:
-    """``{metric}__baseline_exceed``: 0 inside [p01, p99], else the distance in band widths."""
+def baseline_tables(
+    baselines: pd.DataFrame, metrics: Sequence[str]
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Cohort names (the fleet last) and the (cohort, metric) band: low, high and width."""
     cohorts = sorted(set(baselines["cohort"]) - {FLEET}) + [FLEET]
     table = baselines.set_index(["cohort", "metric"])
     index = pd.MultiIndex.from_product([cohorts, list(metrics)])
@@ -45,10 +45,21 @@ def baseline_exceedance(
     low = np.where(np.isnan(low), low[fleet][None], low)
     high = np.where(np.isnan(high), high[fleet][None], high)
     width = np.maximum(high - low, np.maximum(1e-3 * np.abs(high), 1e-6))
+    return cohorts, low, high, width
 
-    row_cohort = pd.Categorical(cohort_keys(features, cohort_columns), categories=cohorts).codes
-    row_cohort = np.where(row_cohort < 0, fleet, row_cohort)
+
+def exceedance(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """0 inside [lo, hi], else the signed distance beyond it in units of ``w`` (elementwise)."""
+    return np.where(values > hi, (values - hi) / w, np.where(values < lo, (values - lo) / w, 0.0))
+
+
+def baseline_exceedance(
+    features: pd.DataFrame, baselines: pd.DataFrame, metrics: Sequence[str], cohort_columns: Sequence[str]
+) -> pd.DataFrame:
+    """``{metric}__baseline_exceed``: 0 inside [p01, p99], else the distance in band widths."""
+    cohorts, low, high, width = baseline_tables(baselines, metrics)
+    row_cohort = row_cohorts(features, cohorts, cohort_columns)
     values = features[list(metrics)].to_numpy(dtype=np.float64)
     lo, hi, w = low[row_cohort], high[row_cohort], width[row_cohort]
-    exceed = np.where(values > hi, (values - hi) / w, np.where(values < lo, (values - lo) / w, 0.0))
+    exceed = exceedance(values, lo, hi, w)
     return pd.DataFrame(exceed, columns=[f"{m}__baseline_exceed" for m in metrics], index=features.index)

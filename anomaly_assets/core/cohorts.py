@@ -22,6 +22,45 @@ def cohort_keys(frame: pd.DataFrame, cohort_columns: Sequence[str]) -> pd.Series
     return key
 
 
+def cohort_index(frame: pd.DataFrame, cohort_columns: Sequence[str]) -> tuple[np.ndarray, pd.Series]:
+    """Per row, the position of its cohort in ``keys``, and ``keys``: the distinct values of
+    ``cohort_keys(frame, cohort_columns)``, so that ``keys.take(index)`` equals ``cohort_keys``.
+
+    The cohort columns are factorized and their codes combined, so strings are built once per
+    distinct cohort rather than once per row.
+    """
+    n = len(frame)
+    if not cohort_columns or n == 0:
+        return np.zeros(n, dtype=np.int64), cohort_keys(frame.iloc[:1] if n else frame, cohort_columns).reset_index(drop=True)
+    if not all(_factorizes_like_str(frame[c].dtype) for c in cohort_columns):
+        index, keys = pd.factorize(cohort_keys(frame, cohort_columns), use_na_sentinel=False)
+        return index.astype(np.int64, copy=False), pd.Series(keys, dtype="str")
+    combined = None
+    for column in cohort_columns:
+        codes, uniques = pd.factorize(frame[column], use_na_sentinel=False)
+        codes = codes.astype(np.int64, copy=False)
+        if combined is None:
+            combined, size = codes, len(uniques)
+        elif size * max(len(uniques), 1) < 2**62:
+            combined, size = combined * len(uniques) + codes, size * len(uniques)
+        else:
+            combined = pd.factorize(combined, use_na_sentinel=False)[0].astype(np.int64) * len(uniques) + codes
+            size = (int(combined.max()) + 1) if n else 1
+    index, _ = pd.factorize(combined, use_na_sentinel=False)
+    index = index.astype(np.int64, copy=False)
+    representative = np.empty(int(index.max()) + 1, dtype=np.int64)
+    representative[index] = np.arange(n)  # any row of each cohort: its cohort columns are equal
+    keys = cohort_keys(frame.iloc[representative], cohort_columns).reset_index(drop=True)
+    return index, keys
+
+
+def _factorizes_like_str(dtype) -> bool:
+    """Equal under factorize means equal after ``astype("str")`` (not so for floats: 0.0 and -0.0)."""
+    return isinstance(dtype, pd.StringDtype) or dtype == object or isinstance(dtype, pd.CategoricalDtype) and (
+        dtype.categories.dtype == object or isinstance(dtype.categories.dtype, pd.StringDtype)
+    )
+
+
 def _long_stats(frame: pd.DataFrame, metrics: Sequence[str], by: list[str]) -> pd.DataFrame:
     grouped = frame.groupby(by, sort=True, observed=True)[list(metrics)]
     stats = pd.concat({"mean": grouped.mean(), "std": grouped.std(), "count": grouped.count()}, axis=1)
@@ -49,10 +88,8 @@ def fit_cohort_stats(
     return stats[list(COHORT_STATS_COLUMNS)]
 
 
-def cohort_z_scores(
-    features: pd.DataFrame, stats: pd.DataFrame, metrics: Sequence[str], cohort_columns: Sequence[str]
-) -> pd.DataFrame:
-    """``{metric}__cohort_z`` for every row: distance from its cohort's mean at that hour."""
+def cohort_z_tables(stats: pd.DataFrame, metrics: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Cohort names (the fleet last) and the (cohort, hour, metric) mean and floored std."""
     cohorts = sorted(set(stats["cohort"]) - {FLEET}) + [FLEET]
     mean = np.full((len(cohorts), 24, len(metrics)), np.nan)
     std = np.full_like(mean, np.nan)
@@ -66,10 +103,37 @@ def cohort_z_scores(
     mean = np.where(np.isnan(mean), mean[fleet][None], mean)
     std = np.where(np.isnan(std), std[fleet][None], std)
     std = np.maximum(std, np.maximum(0.05 * np.nanmean(std[fleet], axis=0), 1e-6)[None, None, :])
+    return cohorts, mean, std
 
-    row_cohort = pd.Categorical(cohort_keys(features, cohort_columns), categories=cohorts).codes
-    row_cohort = np.where(row_cohort < 0, fleet, row_cohort)
-    row_hour = features["timestamp"].dt.hour.to_numpy()
+
+def row_cohorts(
+    features: pd.DataFrame, cohorts: list[str], cohort_columns: Sequence[str], index: tuple | None = None
+) -> np.ndarray:
+    """Each row's position in ``cohorts`` (the last one, the fleet, for unseen cohorts).
+    ``index`` is ``cohort_index(features, cohort_columns)`` when the caller already has it."""
+    row_index, keys = cohort_index(features, cohort_columns) if index is None else index
+    known = pd.Categorical(keys, categories=cohorts).codes.astype(np.int64)
+    known = np.where(known < 0, len(cohorts) - 1, known)
+    return known[row_index]
+
+
+def row_hours(features: pd.DataFrame) -> np.ndarray:
+    """The hour of day of each row's timestamp (in the timestamp's own time zone)."""
+    timestamp = features["timestamp"]
+    if isinstance(timestamp.dtype, pd.DatetimeTZDtype) and str(timestamp.dtype.tz) == "UTC":
+        nanos = timestamp.array.as_unit("ns").asi8  # UTC wall clock: integer arithmetic, no NaT here
+        if not timestamp.isna().any():
+            return (nanos // 3_600_000_000_000) % 24
+    return timestamp.dt.hour.to_numpy()
+
+
+def cohort_z_scores(
+    features: pd.DataFrame, stats: pd.DataFrame, metrics: Sequence[str], cohort_columns: Sequence[str]
+) -> pd.DataFrame:
+    """``{metric}__cohort_z`` for every row: distance from its cohort's mean at that hour."""
+    cohorts, mean, std = cohort_z_tables(stats, metrics)
+    row_cohort = row_cohorts(features, cohorts, cohort_columns)
+    row_hour = row_hours(features)
     values = features[list(metrics)].to_numpy(dtype=np.float64)
     z = (values - mean[row_cohort, row_hour]) / std[row_cohort, row_hour]
     return pd.DataFrame(z, columns=[f"{m}__cohort_z" for m in metrics], index=features.index)

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import IsolationForest
 
-from anomaly_assets.core.baselines import baseline_exceedance
-from anomaly_assets.core.cohorts import cohort_keys, cohort_z_scores
+from anomaly_assets.core.baselines import baseline_exceedance, baseline_tables
+from anomaly_assets.core.cohorts import cohort_index, cohort_keys, cohort_z_scores, cohort_z_tables, row_cohorts, row_hours
 from anomaly_assets.core.drift import DriftReference, fit_drift_reference
 from anomaly_assets.core.fast_forest import CompiledForest
-from anomaly_assets.core.kernels import top_k_abs_z
+from anomaly_assets.core.kernels import model_matrix_from_sources, top_k_abs_z
 from anomaly_assets.core.features import FeatureSpec
 from anomaly_assets.core.metrics import classification_metrics
 
@@ -77,9 +77,45 @@ class FleetAnomalyModel:
 
     def model_matrix(self, device_features: pd.DataFrame) -> np.ndarray:
         """The forest's input: device features plus cohort features, NaN imputed with medians."""
-        matrix = _model_frame(device_features, self.spec, self.cohort_stats, self.baselines)
-        values = matrix[self.feature_columns].to_numpy(dtype=np.float64)
-        return np.where(np.isnan(values), self.medians[None, :], values)
+        # Built directly, row-major, with only the forest's columns: the same values as selecting
+        # them from ``_model_frame`` and imputing, without building the frame.
+        spec, columns = self.spec, list(self.feature_columns)
+        metrics = list(spec.metrics)
+        device_columns = spec.device_feature_columns()
+        derived = {f"{m}__cohort_z": (1, i) for i, m in enumerate(metrics)}
+        derived.update({f"{m}__baseline_exceed": (2, i) for i, m in enumerate(metrics)})
+        frame_columns = [*device_columns, *derived]
+        if len(set(frame_columns)) != len(frame_columns) or not set(columns) <= set(frame_columns):
+            matrix = _model_frame(device_features, spec, self.cohort_stats, self.baselines)
+            values = matrix[columns].to_numpy(dtype=np.float64)
+            return np.where(np.isnan(values), self.medians[None, :], values)
+        kinds, sources = np.zeros(len(columns), dtype=np.int64), np.zeros(len(columns), dtype=np.int64)
+        source_columns: dict[str, int] = {}
+        for j, column in enumerate(columns):
+            kind, source = derived.get(column, (0, None))
+            if kind == 0:
+                source = source_columns.setdefault(column, len(source_columns))
+            kinds[j], sources[j] = kind, source
+        used_metrics = sorted({int(sources[j]) for j in range(len(columns)) if kinds[j] != 0})
+        metric_src = np.zeros(len(metrics), dtype=np.int64)
+        for i in used_metrics:
+            metric_src[i] = source_columns.setdefault(metrics[i], len(source_columns))
+        src = device_features[list(source_columns)].to_numpy(dtype=np.float64)
+        n = len(device_features)
+        z_cohort = b_cohort = hour = np.zeros(n, dtype=np.int64)
+        mean = std = np.zeros((1, 24, len(metrics)))
+        low = high = width = np.zeros((1, len(metrics)))
+        index = cohort_index(device_features, spec.cohort_columns) if (kinds != 0).any() else None
+        if (kinds == 1).any():
+            cohorts, mean, std = cohort_z_tables(self.cohort_stats, metrics)
+            z_cohort = row_cohorts(device_features, cohorts, spec.cohort_columns, index)
+            hour = row_hours(device_features)
+        if (kinds == 2).any():
+            cohorts, low, high, width = baseline_tables(self.baselines, metrics)
+            b_cohort = row_cohorts(device_features, cohorts, spec.cohort_columns, index)
+        return model_matrix_from_sources(
+            src, kinds, sources, metric_src, z_cohort, hour, mean, std, b_cohort, low, high, width, self.medians
+        )
 
     def raw_scores(self, matrix: np.ndarray) -> np.ndarray:
         """Higher is more anomalous: the negated IsolationForest ``score_samples`` in (0, 1]."""
@@ -106,19 +142,29 @@ class FleetAnomalyModel:
 
     def score_from(self, device_features: pd.DataFrame, matrix: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
         """The scored frame from already computed model inputs and raw scores."""
-        top = self.top_features(matrix)
+        # String columns are taken from their few distinct values (one array per name list), not
+        # inferred from per-row Python strings: the same values and dtypes, far fewer objects.
+        top = top_k_abs_z(matrix, self.medians, self.scales, 3)
+        names = np.asarray(self.feature_columns, dtype=object)
+        if len(top):  # the string array pandas would infer from these names (none for no rows)
+            names = pd.Series(names).array
+        index, keys = cohort_index(device_features, self.spec.cohort_columns)
+        if keys.isna().any() or not len(keys):
+            cohort = keys.to_numpy()[index] if len(keys) else cohort_keys(device_features, self.spec.cohort_columns).to_numpy()
+        else:
+            cohort = keys.array.take(index)
         return pd.DataFrame(
             {
                 "device_id": device_features["device_id"].reset_index(drop=True),
                 # The Series itself: to_numpy() of a tz-aware column is an object array of Timestamps.
                 "timestamp": device_features["timestamp"].reset_index(drop=True),
-                "cohort": cohort_keys(device_features, self.spec.cohort_columns).to_numpy(),
+                "cohort": cohort,
                 "score": scores,
                 "severity": self.severity(scores),
                 "is_anomaly": scores > self.threshold,
-                "top_feature_1": top[:, 0],
-                "top_feature_2": top[:, 1] if top.shape[1] > 1 else None,
-                "top_feature_3": top[:, 2] if top.shape[1] > 2 else None,
+                "top_feature_1": names.take(top[:, 0]),
+                "top_feature_2": names.take(top[:, 1]) if top.shape[1] > 1 else None,
+                "top_feature_3": names.take(top[:, 2]) if top.shape[1] > 2 else None,
             }
         )
 

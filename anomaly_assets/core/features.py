@@ -16,7 +16,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from anomaly_assets.core.kernels import rolling_mean_var
+from anomaly_assets.core.kernels import metric_features_into, rolling_mean_var
+from anomaly_assets.core.kernels import window_starts as _window_starts
 
 TIME_FEATURES: tuple[str, ...] = ("hour_sin", "hour_cos", "missing_metrics", "gap_minutes")
 
@@ -75,41 +76,60 @@ def build_device_features(
     keys = [c for c in ("device_id", "timestamp", *spec.cohort_columns, *spec.label_columns) if c in telemetry]
     device_codes = pd.factorize(telemetry["device_id"], sort=True)[0].astype(np.int64)
     time_ms = telemetry["timestamp"].to_numpy(dtype="datetime64[ms]").astype(np.int64)
-    order = np.lexsort((time_ms, device_codes))
-    if (np.diff(order) == 1).all():  # already sorted by device and time: no copy
-        frame = telemetry[keys + list(spec.metrics)].reset_index(drop=True)
-    else:
-        frame = telemetry[keys + list(spec.metrics)].take(order).reset_index(drop=True)
-        device_codes, time_ms = device_codes[order], time_ms[order]
+    n_rows = len(telemetry)
     # One sortable key per row: rows of one device are contiguous and time-ordered, and devices
     # lie further apart than the longest window, so no window reaches into the previous device.
     longest_ms = max(pd.Timedelta(w) // pd.Timedelta("1ms") for w in spec.windows)
-    span = time_ms.max() - time_ms.min() + 1 + longest_ms if len(frame) else 1
-    order_key = device_codes * span + (time_ms - (time_ms.min() if len(frame) else 0))
+    span = time_ms.max() - time_ms.min() + 1 + longest_ms if n_rows else 1
+    order_key = device_codes * span + (time_ms - (time_ms.min() if n_rows else 0))
+    if n_rows and int(device_codes.max()) < (2**62) // int(span):
+        # The key orders rows by (device, time) exactly: its stable argsort is the lexsort below.
+        order = np.argsort(order_key, kind="stable")
+    else:
+        order = np.lexsort((time_ms, device_codes))
+    in_order = bool((np.diff(order) == 1).all())  # already sorted by device and time: no copy
+    if not in_order:
+        device_codes, time_ms, order_key = device_codes[order], time_ms[order], order_key[order]
     same_device_as_previous = np.r_[False, device_codes[1:] == device_codes[:-1]]
-    window_starts = {
-        w: np.searchsorted(order_key, order_key - pd.Timedelta(w) // pd.Timedelta("1ms"), side="right")
-        for w in spec.windows
-    }
+    window_starts = {w: _window_starts(order_key, pd.Timedelta(w) // pd.Timedelta("1ms")) for w in spec.windows}
 
     columns = spec.device_feature_columns()
     position = {c: i for i, c in enumerate(columns)}
-    keep = np.ones(len(frame), dtype=bool) if keep_from is None else (time_ms >= _ms(keep_from))
+    keep = np.ones(n_rows, dtype=bool) if keep_from is None else (time_ms >= _ms(keep_from))
     # One float block for every feature, holding only the kept rows: no per-column frames to stack.
     # Column-major, so each feature column is written contiguously, and pandas takes the block
     # as it is (its blocks are column-major too).
     matrix = np.empty((int(keep.sum()), len(columns)), order="F")
     out = _ColumnWriter(matrix, position, keep)
-    metric_values = frame[list(spec.metrics)].to_numpy(dtype=np.float64)
+    metric_values = telemetry[list(spec.metrics)].to_numpy(dtype=np.float64)
+    if not in_order:  # column by column: each sorted metric is then one contiguous array
+        unsorted, metric_values = metric_values, np.empty(metric_values.shape, order="F")
+        for j in range(unsorted.shape[1]):
+            np.take(unsorted[:, j], order, out=metric_values[:, j], mode="clip")
+    rows = np.flatnonzero(keep).astype(np.int64) if out.rows is None else out.rows.astype(np.int64)
+    starts_block = np.stack([starts.astype(np.int64) for starts in window_starts.values()]) if window_starts else None
     for j, metric in enumerate(spec.metrics):
         values = metric_values[:, j]
+        # Prefix sums leave float noise (~1e-12 of the metric's scale) where the true result is
+        # 0 (a flat window): snap it to 0, so sparse metrics do not show spurious tiny values.
+        scale = np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0
+        if starts_block is not None and metric_features_into(
+            values,
+            same_device_as_previous,
+            starts_block,
+            rows,
+            scale,
+            matrix,
+            position[metric],
+            position[f"{metric}__delta"],
+            np.array([position[f"{metric}__dev_{w}"] for w in window_starts]),
+            np.array([position[f"{metric}__std_{w}"] for w in window_starts]),
+        ):
+            continue  # the compiled loop wrote this metric's columns: the same values as below
         out[metric] = values
         delta = np.full_like(values, np.nan)
         delta[1:] = values[1:] - values[:-1]
         out[f"{metric}__delta"] = np.where(same_device_as_previous, delta, np.nan)
-        # Prefix sums leave float noise (~1e-12 of the metric's scale) where the true result is
-        # 0 (a flat window): snap it to 0, so sparse metrics do not show spurious tiny values.
-        scale = np.nanmax(np.abs(values)) if np.isfinite(values).any() else 1.0
         for window, starts in window_starts.items():
             mean, std = _rolling_mean_std(values, starts, scale)
             deviation = values - mean
@@ -120,11 +140,15 @@ def build_device_features(
     out["hour_sin"] = np.sin(2 * np.pi * hour / 24)
     out["hour_cos"] = np.cos(2 * np.pi * hour / 24)
     out["missing_metrics"] = np.isnan(metric_values).sum(axis=1).astype(np.float64)
-    gap = np.full(len(frame), np.nan)
+    gap = np.full(n_rows, np.nan)
     gap[1:] = (time_ms[1:] - time_ms[:-1]) / 60_000.0
     out["gap_minutes"] = np.where(same_device_as_previous, gap, np.nan)
 
-    key_frame = frame[keys] if keep.all() else frame.loc[keep, keys].reset_index(drop=True)
+    # Only the kept rows' keys, taken once in (device, time) order.
+    if keep.all():
+        key_frame = telemetry[keys].reset_index(drop=True) if in_order else telemetry[keys].take(order).reset_index(drop=True)
+    else:
+        key_frame = telemetry[keys].take(order[keep] if not in_order else np.flatnonzero(keep)).reset_index(drop=True)
     return pd.concat([key_frame, pd.DataFrame(matrix, columns=columns, copy=False)], axis=1)
 
 
@@ -146,7 +170,7 @@ class _ColumnWriter:
         if self.rows is None:
             target[:] = values
         else:
-            np.take(values, self.rows, out=target)
+            np.take(values, self.rows, out=target, mode="clip")  # rows are in range; "raise" buffers
 
 
 def _rolling_mean_std(values: np.ndarray, starts: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
