@@ -141,7 +141,13 @@ def run_reference(workdir: Path, chunks: list[str], max_devices: int) -> dict:
     model: FleetAnomalyModel = pd.read_pickle(workdir / "model.pkl")
     spec = model.spec
     day_start = pd.Timestamp(DAY, tz="UTC")
-    frame = pd.concat([pd.read_parquet(c) for c in chunks])
+    parts, devices = [], 0
+    for chunk in chunks:  # only as many chunks as the reference's devices need
+        if devices >= max_devices:
+            break
+        parts.append(pd.read_parquet(chunk))
+        devices += parts[-1]["device_id"].nunique()
+    frame = pd.concat(parts)
     frame = frame.loc[frame["device_id"].isin(frame["device_id"].unique()[:max_devices])]
     seconds = dict.fromkeys(STAGES, 0.0)
 
