@@ -26,7 +26,19 @@ def _demo(args: argparse.Namespace) -> int:
     quiet = args.json
     for noisy in ("mlflow", "alembic", "dagster"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    report = run_demo(settings, args.days, progress=(lambda _m: None) if quiet else lambda m: print(m, flush=True))
+    if quiet:
+        report = run_demo(settings, args.days, progress=lambda _m: None)
+    else:
+        from tqdm import tqdm
+
+        with tqdm(total=3, unit="step", bar_format="{l_bar}{bar}| {n}/{total} [{elapsed}]", file=sys.stderr) as bar:
+
+            def progress(message: str) -> None:  # "[i/n] what ...": steps before i are done
+                bar.update(int(message[1 : message.index("/")]) - 1 - bar.n)
+                bar.set_description(message.split("] ", 1)[-1][:60])
+
+            report = run_demo(settings, args.days, progress=progress)
+            bar.update(bar.total - bar.n)
     if args.json:
         print(
             json.dumps(
