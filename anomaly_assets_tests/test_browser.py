@@ -23,7 +23,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 
 from anomaly_assets_tests.conftest import require_service
 

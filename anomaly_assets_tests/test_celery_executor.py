@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from anomaly_assets.definitions import build_definitions
 from anomaly_assets.settings import Settings

@@ -11,7 +11,6 @@ import dagster as dg
 import pandas as pd
 
 from anomaly_assets.core.validation import (
-    FAMILIES,
     FAMILY_DESCRIPTIONS,
     RuleResult,
     SchemaError,

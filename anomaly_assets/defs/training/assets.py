@@ -13,7 +13,7 @@ from anomaly_assets.core.cohorts import fit_cohort_stats
 from anomaly_assets import reports
 from anomaly_assets.core.detector import DetectorConfig, split_by_time, train_detector
 from anomaly_assets.defs.features.assets import feature_spec
-from anomaly_assets.defs.partitions import SETTINGS, daily_partitions, markdown_preview, training_window
+from anomaly_assets.defs.partitions import daily_partitions, markdown_preview, training_window
 from anomaly_assets.resources import MlflowModelRegistry, TelemetrySource
 
 TRAINING = dict(
