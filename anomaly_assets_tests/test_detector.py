@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from anomaly_assets.core.baselines import fit_baselines
-from anomaly_assets.core.cohorts import cohort_keys, fit_cohort_stats
+from anomaly_assets.core.cohorts import FLEET, cohort_keys, fit_cohort_stats  # noqa: F401  (FLEET is used in a query string)
 from anomaly_assets.core.detector import (
     SCORED_COLUMNS,
     DetectorConfig,
