@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -61,6 +62,7 @@ def test_steps_of_one_run_execute_on_two_celery_workers(tmp_path, restore_enviro
             [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", "celery_worker.yaml",
              "-n", f"worker{i}@%h", "--", "--concurrency=1"],
             cwd=REPO, env=celery_env, stdout=open(tmp_path / f"worker{i}.log", "w"), stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the celery processes it starts stop with it
         )
         for i in (1, 2)
     ]
@@ -78,13 +80,15 @@ def test_steps_of_one_run_execute_on_two_celery_workers(tmp_path, restore_enviro
         logs = "\n".join((tmp_path / f"worker{i}.log").read_text()[-2000:] for i in (1, 2))
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + logs
     finally:
+        # dagster-celery starts `celery` as a child: signal the whole group, or orphaned workers
+        # would keep consuming the queue.
         for worker in workers:
-            worker.terminate()
+            os.killpg(worker.pid, signal.SIGTERM)
         for worker in workers:
             try:
                 worker.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                worker.kill()
+                os.killpg(worker.pid, signal.SIGKILL)
 
     [run] = instance.get_runs(filters=dg.RunsFilter(job_name="training_job"))
     assert run.status == dg.DagsterRunStatus.SUCCESS
