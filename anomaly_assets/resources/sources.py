@@ -15,6 +15,8 @@ Safety rules shared by all of them:
 
 from __future__ import annotations
 
+import contextlib
+
 import glob as globlib
 import re
 from collections.abc import Iterable, Iterator
@@ -227,37 +229,15 @@ class SqlTelemetrySource(_MappedSource):
         return sa.select(*columns).select_from(table).where(ts >= sa.bindparam("start"), ts < sa.bindparam("end"))
 
     def read_window(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        import sqlalchemy as sa
 
         start, end = _as_utc(start), _as_utc(end)
         statement = self._statement()
         params = {"start": start.to_pydatetime(), "end": end.to_pydatetime()}
         if self.naive_utc_parameters:
             params = {k: v.replace(tzinfo=None) for k, v in params.items()}
-        try:
-            password = sa.engine.make_url(self.url).password
-        except Exception:
-            password = None
-        engine = None
-        try:
-            engine = sa.create_engine(self.url)
-            with engine.connect() as connection:
-                chunks = pd.read_sql(statement, connection, params=params, chunksize=self.chunk_rows)
-                return _collect(iter(chunks), self.mapping, start, end)
-        except TelemetrySourceError:
-            raise
-        except (sa.exc.SQLAlchemyError, OSError, ImportError) as error:
-            kind = "unreachable or refused the read" if isinstance(error, sa.exc.OperationalError) else "failed"
-            raise TelemetrySourceError(
-                _scrub(
-                    f"telemetry source '{self.name}' at {self._host()} ({redact_url(self.url)}) {kind}: "
-                    f"{type(error).__name__}: {_first_line(error)}",
-                    [password],
-                )
-            ) from None
-        finally:
-            if engine is not None:
-                engine.dispose()
+        with _sql_connection(self.url, f"telemetry source '{self.name}' at {self._host()} ({redact_url(self.url)})") as connection:
+            chunks = pd.read_sql(statement, connection, params=params, chunksize=self.chunk_rows)
+            return _collect(iter(chunks), self.mapping, start, end)
 
 
 class OdbcTelemetrySource(_MappedSource):
@@ -384,30 +364,43 @@ class InventorySource(dg.ConfigurableResource):
             raise TelemetrySourceError("the device inventory is not configured (ANOMALY_ASSETS_INVENTORY_URL is empty)")
         schema, _, name = self.table.rpartition(".")
         wanted = [self.device_id, *self.columns.values()] if self.columns else None
-        try:
-            password = sa.engine.make_url(self.url).password
-        except Exception:
-            password = None
-        engine = None
-        try:
-            engine = sa.create_engine(self.url)
-            with engine.connect() as connection:
-                if wanted:
-                    table = sa.table(name, *[sa.column(c) for c in dict.fromkeys(wanted)], schema=schema or None)
-                    frame = pd.read_sql(sa.select(*table.c), connection)
-                else:
-                    frame = pd.read_sql(sa.select(sa.text("*")).select_from(sa.table(name, schema=schema or None)), connection)
-        except (sa.exc.SQLAlchemyError, OSError, ImportError) as error:
-            raise TelemetrySourceError(
-                _scrub(f"{self.describe()} failed: {type(error).__name__}: {_first_line(error)}", [password])
-            ) from None
-        finally:
-            if engine is not None:
-                engine.dispose()
+        with _sql_connection(self.url, self.describe()) as connection:
+            if wanted:
+                table = sa.table(name, *[sa.column(c) for c in dict.fromkeys(wanted)], schema=schema or None)
+                frame = pd.read_sql(sa.select(*table.c), connection)
+            else:
+                frame = pd.read_sql(sa.select(sa.text("*")).select_from(sa.table(name, schema=schema or None)), connection)
         rename = {self.device_id: "device_id", **{v: k for k, v in self.columns.items()}}
         frame = frame.rename(columns=rename)
         frame["device_id"] = frame["device_id"].astype("str")
         return frame
+
+
+@contextlib.contextmanager
+def _sql_connection(url: str, what: str):
+    """A connection to ``url``. Driver and SQLAlchemy errors become a TelemetrySourceError that
+    names ``what`` and never carries the password."""
+    import sqlalchemy as sa
+
+    try:
+        password = sa.engine.make_url(url).password
+    except Exception:
+        password = None
+    engine = None
+    try:
+        engine = sa.create_engine(url)
+        with engine.connect() as connection:
+            yield connection
+    except TelemetrySourceError:
+        raise
+    except (sa.exc.SQLAlchemyError, OSError, ImportError) as error:
+        kind = "unreachable or refused the read" if isinstance(error, sa.exc.OperationalError) else "failed"
+        raise TelemetrySourceError(
+            _scrub(f"{what} {kind}: {type(error).__name__}: {_first_line(error)}", [password])
+        ) from None
+    finally:
+        if engine is not None:
+            engine.dispose()
 
 
 # ---------------------------------------------------------------------------------------------
