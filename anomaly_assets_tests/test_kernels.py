@@ -22,3 +22,23 @@ def test_top_k_matches_the_stable_numpy_definition_including_ties():
 
 def test_k_larger_than_the_number_of_features_is_clipped():
     assert kernels.top_k_abs_z(np.ones((2, 2)), np.zeros(2), np.ones(2), 3).shape == (2, 2)
+
+
+def test_features_without_numba_equal_the_compiled_path(monkeypatch):
+    import datetime as dt
+
+    import pandas as pd
+
+    from anomaly_assets.core import generator
+    from anomaly_assets.core.features import FeatureSpec, build_device_features
+
+    config = generator.FleetConfig(n_devices=20)
+    raw = generator.generate_days(config, [dt.date(2026, 11, 8), dt.date(2026, 11, 9)])
+    spec = FeatureSpec(generator.METRICS, generator.COHORT_COLUMNS)
+    keep_from = pd.Timestamp("2026-11-09", tz="UTC")
+    compiled = build_device_features(raw, spec, keep_from=keep_from)
+    monkeypatch.setattr(kernels, "_metric_features_compiled", None)
+    fallback = build_device_features(raw, spec, keep_from=keep_from)
+    columns = spec.device_feature_columns()
+    np.testing.assert_allclose(fallback[columns], compiled[columns], rtol=1e-7, atol=1e-6)
+    pd.testing.assert_frame_equal(fallback.drop(columns=columns), compiled.drop(columns=columns))

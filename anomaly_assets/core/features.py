@@ -16,7 +16,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from anomaly_assets.core.kernels import metric_features_into, rolling_mean_var
+from anomaly_assets.core.kernels import metric_features_into
 from anomaly_assets.core.kernels import window_starts as _window_starts
 
 TIME_FEATURES: tuple[str, ...] = ("hour_sin", "hour_cos", "missing_metrics", "gap_minutes")
@@ -178,11 +178,6 @@ def _rolling_mean_std(values: np.ndarray, starts: np.ndarray, scale: float) -> t
 
     ``scale`` is the metric's magnitude: variances below 1e-12 of its square are float noise.
     """
-    compiled = rolling_mean_var(values, starts)
-    if compiled is not None:
-        mean, var = compiled
-        var = np.where(var <= 1e-12 * scale * scale, 0.0, var)
-        return mean, np.sqrt(var)
     finite = np.isfinite(values)
     # Centre before squaring: prefix sums of squares lose precision on large offsets.
     center = np.nanmean(values) if finite.any() else 0.0

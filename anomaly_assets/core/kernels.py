@@ -50,66 +50,6 @@ def top_k_abs_z(matrix: np.ndarray, medians: np.ndarray, scales: np.ndarray, k: 
     )
 
 
-def _rolling_mean_var_loop(values, starts):
-    """Mean and sample variance over rows ``starts[i]..i`` (NaN skipped), by running sums that
-    restart whenever a window does not overlap the previous one (a new device, or a gap)."""
-    n = values.shape[0]
-    mean = np.full(n, np.nan)
-    var = np.full(n, np.nan)
-    count = 0
-    total = 0.0
-    squares = 0.0
-    center = 0.0
-    low = 0
-    high = -1
-    for i in range(n):
-        start = starts[i]
-        if start > high:  # no overlap with the previous window: start afresh, centred on this window
-            count = 0
-            total = 0.0
-            squares = 0.0
-            low = start
-            high = start - 1
-            center = 0.0
-            for j in range(start, i + 1):
-                if np.isfinite(values[j]):
-                    center = values[j]
-                    break
-        while low < start:
-            x = values[low]
-            if np.isfinite(x):
-                d = x - center
-                count -= 1
-                total -= d
-                squares -= d * d
-            low += 1
-        while high < i:
-            high += 1
-            x = values[high]
-            if np.isfinite(x):
-                d = x - center
-                count += 1
-                total += d
-                squares += d * d
-        if count > 0:
-            m = total / count
-            mean[i] = m + center
-            if count > 1:
-                v = (squares - total * m) / (count - 1)
-                var[i] = v if v > 0.0 else 0.0
-    return mean, var
-
-
-_rolling_mean_var_compiled = numba.njit(cache=True, nogil=True)(_rolling_mean_var_loop) if numba is not None else None
-
-
-def rolling_mean_var(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Compiled rolling mean and variance; None without numba (callers use their numpy path)."""
-    if _rolling_mean_var_compiled is None:
-        return None
-    return _rolling_mean_var_compiled(np.ascontiguousarray(values, dtype=np.float64), starts.astype(np.int64))
-
-
 def _model_matrix_loop(src, kinds, sources, metric_src, z_cohort, hour, mean, std, b_cohort, low, high, width, medians, out):
     """Row-major model matrix from column sources, in row blocks (a cache-friendly transpose).
 
@@ -200,8 +140,11 @@ def _metric_features_loop(values, same_device, starts, rows, scale, out, c_value
     """One metric's device features, written straight into the kept ``rows`` of ``out``: the
     value, the delta to the previous row of the same device, and per window (``starts[w]``) the
     deviation from the rolling mean and the rolling std, with float noise snapped to 0 relative
-    to ``scale`` exactly as the numpy path of ``features.build_device_features`` does. The
-    rolling sums are those of ``_rolling_mean_var_loop``, step for step."""
+    to ``scale`` exactly as the numpy path of ``features.build_device_features`` does.
+
+    Rolling sums run over each window, adding the rows that enter and removing those that leave,
+    centred on the first finite value and restarted whenever a window does not overlap the
+    previous one (a new device, or a gap), so rounding never accumulates across devices."""
     n_rows = rows.shape[0]
     for r in range(n_rows):
         i = rows[r]
