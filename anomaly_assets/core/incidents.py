@@ -209,12 +209,11 @@ def _close(incident: dict, at: str, reason: str, rules: IncidentRules) -> str:
     return _iso(_utc(at) + rules.cooldown)
 
 
-def _device_row(incident: dict, partition: str, rules: IncidentRules) -> dict:
+def _incident_row(incident: dict, partition: str, rules: IncidentRules) -> dict:
+    """The columns device and cohort incidents share."""
     anomalous = incident["anomalous_samples"]
     return {
         "incident_id": incident["incident_id"],
-        "kind": "device",
-        "device_id": incident["device_id"],
         "cohort": incident["cohort"],
         "status": incident.get("status", "open"),
         "severity_level": rules.level(incident["max_severity"]),
@@ -223,12 +222,7 @@ def _device_row(incident: dict, partition: str, rules: IncidentRules) -> dict:
         "last_anomaly_at": _utc(incident["last_anomaly_at"]),
         "ended_at": _utc(incident["ended_at"]) if incident.get("ended_at") else pd.NaT,
         "close_reason": incident.get("close_reason"),
-        "samples": incident["samples"],
         "anomalous_samples": anomalous,
-        "devices": 1,
-        "cohort_devices": None,
-        "peak_share": None,
-        "device_ids": incident["device_id"],
         "max_severity": round(incident["max_severity"], 4),
         "mean_severity": round(incident["severity_sum"] / anomalous, 4) if anomalous else 0.0,
         "max_score": float(incident["max_score"]),
@@ -238,6 +232,19 @@ def _device_row(incident: dict, partition: str, rules: IncidentRules) -> dict:
         "last_partition": partition,
         "model_name": incident.get("model_name"),
         "model_version": incident.get("model_version"),
+    }
+
+
+def _device_row(incident: dict, partition: str, rules: IncidentRules) -> dict:
+    return {
+        **_incident_row(incident, partition, rules),
+        "kind": "device",
+        "device_id": incident["device_id"],
+        "samples": incident["samples"],
+        "devices": 1,
+        "cohort_devices": None,
+        "peak_share": None,
+        "device_ids": incident["device_id"],
     }
 
 
@@ -377,35 +384,16 @@ def cohort_buckets(scored: pd.DataFrame, rules: IncidentRules) -> pd.DataFrame:
 
 
 def _cohort_row(incident: dict, partition: str, rules: IncidentRules) -> dict:
-    anomalous = incident["anomalous_samples"]
     device_ids = sorted(incident["device_ids"])
     return {
-        "incident_id": incident["incident_id"],
+        **_incident_row(incident, partition, rules),
         "kind": "cohort",
         "device_id": None,
-        "cohort": incident["cohort"],
-        "status": incident.get("status", "open"),
-        "severity_level": rules.level(incident["max_severity"]),
-        "started_at": _utc(incident["started_at"]),
-        "opened_at": _utc(incident["opened_at"]),
-        "last_anomaly_at": _utc(incident["last_anomaly_at"]),
-        "ended_at": _utc(incident["ended_at"]) if incident.get("ended_at") else pd.NaT,
-        "close_reason": incident.get("close_reason"),
         "samples": incident["buckets"],
-        "anomalous_samples": anomalous,
         "devices": len(device_ids),
         "cohort_devices": incident["cohort_devices"],
         "peak_share": round(incident["peak_share"], 4),
         "device_ids": ", ".join(device_ids[:DEVICE_IDS_LIMIT]) + (" ..." if len(device_ids) > DEVICE_IDS_LIMIT else ""),
-        "max_severity": round(incident["max_severity"], 4),
-        "mean_severity": round(incident["severity_sum"] / anomalous, 4) if anomalous else 0.0,
-        "max_score": float(incident["max_score"]),
-        "top_features": _top_features(incident["features"]),
-        "cohort_incident_id": None,
-        "first_partition": incident["first_partition"],
-        "last_partition": partition,
-        "model_name": incident.get("model_name"),
-        "model_version": incident.get("model_version"),
     }
 
 
