@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 import sqlalchemy as sa
 
-from anomaly_assets.core.incidents import INCIDENT_COLUMNS, DayResult
+from anomaly_assets.core.incidents import DayResult
 from anomaly_assets.resources.results_store import (
     ResultsStore,
     alert_delivery_log,
@@ -46,21 +46,6 @@ def _utc(frame: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
         if column in frame:
             frame[column] = pd.to_datetime(frame[column], utc=True)
     return frame
-
-
-def _records(frame: pd.DataFrame) -> list[dict]:
-    """Plain Python values for the driver: None for NaN/NaT, datetime for Timestamp, int for numpy ints."""
-
-    def plain(value):
-        if value is None or value is pd.NaT or (isinstance(value, float) and value != value):
-            return None
-        if isinstance(value, pd.Timestamp):
-            return value.to_pydatetime()
-        if hasattr(value, "item"):  # numpy scalar
-            return plain(value.item())
-        return value
-
-    return [{key: plain(value) for key, value in row.items()} for row in frame.astype("object").to_dict("records")]
 
 
 def previous_day(partition_date: str) -> str:
@@ -108,9 +93,7 @@ def write_day(store: ResultsStore, partition_date: str, result: DayResult, run_i
         writable = frame.loc[~frame["incident_id"].isin(later)] if len(frame) else frame
         for chunk in _chunks(list(writable["incident_id"]) if len(writable) else []):
             connection.execute(incidents.delete().where(incidents.c.incident_id.in_(chunk)))
-        records = _records(writable[list(INCIDENT_COLUMNS)]) if len(writable) else []
-        if records:
-            connection.execute(incidents.insert(), records)
+        ResultsStore.insert(connection, incidents, writable)
         connection.execute(incident_state.delete().where(incident_state.c.partition_date == partition_date))
         states = [
             {"partition_date": partition_date, "kind": kind, "subject": subject, "state_json": json.dumps(state)}
@@ -129,7 +112,7 @@ def write_day(store: ResultsStore, partition_date: str, result: DayResult, run_i
                 "run_id": run_id,
             },
         )
-    return {"written": len(records), "kept_later_version": len(later), "stale_deleted": stale}
+    return {"written": len(writable), "kept_later_version": len(later), "stale_deleted": stale}
 
 
 def read_incidents(store: ResultsStore, where: sa.ColumnElement | None = None) -> pd.DataFrame:
