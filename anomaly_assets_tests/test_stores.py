@@ -127,3 +127,38 @@ def test_migrations_match_the_table_definitions(tmp_path):
         differences = compare_metadata(MigrationContext.configure(connection), metadata)
     assert differences == []
     assert store.read_frame("SELECT version_num FROM alembic_version")["version_num"].tolist() == ["0001"]
+
+
+def test_bulk_insert_stores_what_sqlalchemy_core_stores(tmp_path):
+    """The driver-level executemany keeps SQLAlchemy's own storage (datetimes, NULLs, floats)."""
+    import sqlalchemy as sa
+
+    stamps = pd.to_datetime(["2026-11-01 00:05:00", "2026-11-01 13:00:00.123456"], format="ISO8601").tz_localize("UTC")
+    frame = pd.DataFrame(
+        {
+            "partition_date": ["2026-11-01"] * 2,
+            "device_id": ["dev-1", "dev-2"],
+            "timestamp": stamps,
+            "cohort": ["acme/x1", None],
+            "score": [0.51, 0.625],
+            "severity": [12.5, 99.0],
+            "top_feature_1": ["cpu_util_pct__cohort_z", None],
+            "top_feature_2": [None, None],
+            "top_feature_3": ["a", "b"],
+            "model_name": ["fleet", "fleet"],
+            "model_version": ["3", "3"],
+        }
+    )
+    fast, core = (ResultsStore(url=f"sqlite:///{tmp_path / name}.db") for name in ("fast", "core"))
+    with fast.engine.begin() as connection:
+        ResultsStore.insert(connection, anomaly_events, frame)
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    with core.engine.begin() as connection:
+        connection.execute(anomaly_events.insert(), records)
+    raw = "SELECT * FROM anomaly_events ORDER BY device_id"
+    with fast.engine.connect() as a, core.engine.connect() as b:
+        stored = a.exec_driver_sql(raw).fetchall()
+        assert stored == b.exec_driver_sql(raw).fetchall()
+        assert stored[0][2] == "2026-11-01 00:05:00.000000" and stored[1][3] is None
+        typed = a.execute(sa.select(anomaly_events.c.timestamp).order_by(anomaly_events.c.device_id)).scalars().all()
+    assert [t.replace(tzinfo=None) for t in typed] == [s.replace(tzinfo=None).to_pydatetime() for s in stamps]

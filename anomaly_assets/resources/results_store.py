@@ -205,9 +205,7 @@ class ResultsStore(dg.ConfigurableResource):
         if connection.dialect.name == "postgresql":
             _copy_into(connection, table, frame)
             return
-        records = _records(frame)
-        for start in range(0, len(records), 50_000):
-            connection.execute(table.insert(), records[start : start + 50_000])
+        _executemany(connection, table, frame)
 
     def read_frame(self, query: str | sa.Select, params: dict | None = None) -> pd.DataFrame:
         statement = sa.text(query) if isinstance(query, str) else query
@@ -239,12 +237,24 @@ def _copy_into(connection: sa.Connection, table: sa.Table, frame: pd.DataFrame) 
             copy.write(buffer.getvalue())
 
 
-def _records(frame: pd.DataFrame) -> list[dict]:
-    """Plain Python values (None for missing) for the DB driver, built column by column."""
-    names = list(frame.columns)
+def _executemany(connection: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> None:
+    """One driver-level ``executemany`` per 50,000 rows.
+
+    Values go through each column type's own bind processor (so a DateTime is stored exactly as
+    SQLAlchemy stores it on this dialect) column by column; SQLAlchemy's per-row parameter
+    building, which cost ~80 us a row, is skipped.
+    """
+    dialect = connection.dialect
+    compiled = table.insert().compile(dialect=dialect)
+    names = list(compiled.positiontup) if dialect.positional else list(frame.columns)
     columns = []
     for name in names:
         values = frame[name].to_numpy(dtype=object, copy=True)  # Python scalars; Timestamps are datetimes
         values[frame[name].isna().to_numpy()] = None
-        columns.append(values.tolist())
-    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+        processor = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        columns.append([processor(v) for v in values] if processor else values.tolist())
+    rows = list(zip(*columns, strict=True))
+    if not dialect.positional:
+        rows = [dict(zip(names, row, strict=True)) for row in rows]
+    for start in range(0, len(rows), 50_000):
+        connection.exec_driver_sql(compiled.string, rows[start : start + 50_000])
