@@ -80,58 +80,152 @@ def train(workdir: Path) -> dict:
     return {"training_rows": len(telemetry), "training_seconds": seconds, "peak_mb": _peak_mb()}
 
 
-def run_fast(workdir: Path, chunks: list[str]) -> dict:
-    model: FleetAnomalyModel = pd.read_pickle(workdir / "model.pkl")
-    contract, spec = _contract(), model.spec
+def _process_chunk(model: FleetAnomalyModel, contract, chunk: str, scored_path: Path) -> tuple[dict, int, pd.DataFrame, pd.DataFrame]:
+    """One chunk of devices through the partition path, up to the results-database write."""
+    spec = model.spec
     day_start = pd.Timestamp(DAY, tz="UTC")
     seconds = dict.fromkeys(STAGES, 0.0)
-    rows = 0
-    import sqlalchemy as sa
+
+    clock = time.perf_counter()
+    frame = pd.read_parquet(chunk)
+    seconds["read"] = time.perf_counter() - clock
+    day_mask = frame["timestamp"] >= day_start
+
+    clock = time.perf_counter()
+    validated = validate_telemetry(frame.loc[day_mask], contract, day_start, day_start + pd.Timedelta(days=1)).valid
+    seconds["validate"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    features = build_device_features(pd.concat([frame.loc[~day_mask], validated]), spec, keep_from=day_start)
+    seconds["features"] = time.perf_counter() - clock
+    del frame
+
+    clock = time.perf_counter()
+    matrix = model.model_matrix(features)
+    seconds["cohort_features"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    scores = model.raw_scores(matrix)
+    seconds["score"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    scored = model.score_from(features, matrix, scores).assign(
+        model_name="bench", model_version="1", partition_date=DAY.isoformat()
+    )
+    seconds["explain"] = time.perf_counter() - clock
+    del features, matrix
+
+    clock = time.perf_counter()
+    scored.to_parquet(scored_path, index=False)
+    events, summary = scored.loc[scored["is_anomaly"]], daily_device_summary(scored)
+    seconds["persist"] = time.perf_counter() - clock
+    return seconds, len(validated), events, summary
+
+
+def _warm_up(model: FleetAnomalyModel, contract, chunk: str) -> None:
+    """Process start-up, not throughput: the GX context, the compiled kernels, the first pandas calls."""
+    frame = pd.read_parquet(chunk).groupby("device_id").head(300)
+    day_start = pd.Timestamp(DAY, tz="UTC")
+    day = frame["timestamp"] >= day_start
+    validated = validate_telemetry(frame.loc[day], contract, day_start, day_start + pd.Timedelta(days=1)).valid
+    features = build_device_features(pd.concat([frame.loc[~day], validated]), model.spec, keep_from=day_start)
+    matrix = model.model_matrix(features)
+    daily_device_summary(model.score_from(features, matrix, model.raw_scores(matrix)).assign(
+        model_name="bench", model_version="1", partition_date=DAY.isoformat()
+    ))
+
+
+def _worker(workdir: str, chunks: list[str], tasks, results, go) -> None:
+    """A worker process: warm up, say so, wait for the start, then take chunks until told to stop."""
+    model: FleetAnomalyModel = pd.read_pickle(Path(workdir) / "model.pkl")
+    contract = _contract()
+    _warm_up(model, contract, chunks[0])
+    results.put(("ready", None))
+    go.wait()
+    while (index := tasks.get()) is not None:
+        seconds, rows, events, summary = _process_chunk(
+            model, contract, chunks[index], Path(workdir) / f"scored{index:04d}.parquet"
+        )
+        results.put(("chunk", (index, seconds, rows, events, summary)))
+    results.put(("done", _peak_mb()))
+
+
+def run_fast(workdir: Path, chunks: list[str], workers: int = 1) -> dict:
+    """The fast path over every chunk with ``workers`` processes; this process writes the results
+    database (SQLite takes one writer), chunk by chunk into the day's partition, as chunks arrive.
+
+    Stage seconds are summed over the workers (busy time per stage: its rows/s is per core); the
+    end-to-end seconds are wall-clock, from the start signal to the last chunk committed.
+    """
+    import multiprocessing
 
     from anomaly_assets.resources.results_store import ResultsStore, anomaly_events, device_daily_summary
 
+    context = multiprocessing.get_context("spawn")
+    tasks, results, go = context.Queue(), context.Queue(), context.Event()
+    processes = [
+        context.Process(target=_worker, args=(str(workdir), chunks, tasks, results, go), daemon=True)
+        for _ in range(max(1, workers))
+    ]
+    for process in processes:
+        process.start()
+    for index in range(len(chunks)):
+        tasks.put(index)
+    for _ in processes:
+        tasks.put(None)
     store = ResultsStore(url=f"sqlite:///{workdir / 'fast.db'}")
-    for index, chunk in enumerate(chunks):
-        clock = time.perf_counter()
-        frame = pd.read_parquet(chunk)
-        seconds["read"] += time.perf_counter() - clock
-        day_mask = frame["timestamp"] >= day_start
+    with store.engine.begin() as connection:  # the day's partition starts empty, before the clock
+        for table in (anomaly_events, device_daily_summary):
+            connection.execute(table.delete().where(table.c.partition_date == DAY.isoformat()))
+    ready = 0
+    while ready < len(processes):
+        kind, _ = _next_result(results, processes)
+        ready += kind == "ready"
 
+    seconds = dict.fromkeys(STAGES, 0.0)
+    rows, done, worker_peaks = 0, 0, []
+    started = time.perf_counter()
+    go.set()
+    while done < len(processes):
+        kind, payload = _next_result(results, processes)
+        if kind == "done":
+            done += 1
+            worker_peaks.append(payload)
+            continue
+        _index, chunk_seconds, chunk_rows, events, summary = payload
         clock = time.perf_counter()
-        validated = validate_telemetry(frame.loc[day_mask], contract, day_start, day_start + pd.Timedelta(days=1)).valid
-        seconds["validate"] += time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        features = build_device_features(pd.concat([frame.loc[~day_mask], validated]), spec, keep_from=day_start)
-        seconds["features"] += time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        matrix = model.model_matrix(features)
-        seconds["cohort_features"] += time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        scores = model.raw_scores(matrix)
-        seconds["score"] += time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        scored = model.score_from(features, matrix, scores).assign(
-            model_name="bench", model_version="1", partition_date=DAY.isoformat()
-        )
-        seconds["explain"] += time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        scored.to_parquet(workdir / f"scored{index:04d}.parquet", index=False)
-        events = scored.loc[scored["is_anomaly"]]
         with store.engine.begin() as connection:  # append chunk by chunk into the day's partition
-            if index == 0:
-                for table in (anomaly_events, device_daily_summary):
-                    connection.execute(table.delete().where(table.c.partition_date == DAY.isoformat()))
             store.insert(connection, anomaly_events, events)
-            store.insert(connection, device_daily_summary, daily_device_summary(scored))
-        seconds["persist"] += time.perf_counter() - clock
-        rows += len(validated)
-    assert sa  # SQLAlchemy is what persist measures
-    return {"rows": rows, "seconds": seconds, "peak_mb": _peak_mb()}
+            store.insert(connection, device_daily_summary, summary)
+        chunk_seconds["persist"] += time.perf_counter() - clock
+        for stage, value in chunk_seconds.items():
+            seconds[stage] += value
+        rows += chunk_rows
+    wall = time.perf_counter() - started
+    for process in processes:
+        process.join()
+    # Peak memory of the run: every worker's peak plus this process's (an upper bound: the peaks
+    # need not coincide).
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "wall_seconds": wall,
+        "workers": len(processes),
+        "peak_mb": sum(worker_peaks) + _peak_mb(),
+        "worker_peak_mb": worker_peaks,
+    }
+
+
+def _next_result(results, processes) -> tuple[str, object]:
+    import queue
+
+    while True:
+        try:
+            return results.get(timeout=5)
+        except queue.Empty:
+            dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a benchmark worker died (exit code {dead[0]}); see its error above") from None
 
 
 def run_reference(workdir: Path, chunks: list[str], max_devices: int) -> dict:
@@ -206,15 +300,17 @@ class BenchReport:
         return dataclasses.asdict(self)
 
 
-def run_benchmark(devices: int, chunk_devices: int, reference_devices: int, train_devices: int, progress=print) -> BenchReport:
+def run_benchmark(
+    devices: int, chunk_devices: int, reference_devices: int, train_devices: int, workers: int = 2, progress=print
+) -> BenchReport:
     with tempfile.TemporaryDirectory(prefix="anomaly_bench_") as tmp:
         workdir = Path(tmp)
         progress(f"generating {devices} devices x 2 days and {train_devices} devices x 7 training days (not timed)")
         prepared = prepare(workdir, devices, chunk_devices, train_devices)
         progress("training on 7 days")
         training = _child("train", workdir, {})
-        progress(f"fast path over {len(prepared['chunks'])} chunk(s) of {chunk_devices} devices")
-        fast = _child("fast", workdir, {"chunks": prepared["chunks"]})
+        progress(f"fast path over {len(prepared['chunks'])} chunk(s) of {chunk_devices} devices, {workers} worker(s)")
+        fast = _child("fast", workdir, {"chunks": prepared["chunks"], "workers": workers})
         progress(f"naive reference on {min(devices, reference_devices)} devices")
         reference = _child("reference", workdir, {"chunks": prepared["chunks"], "max_devices": reference_devices})
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -223,8 +319,11 @@ def run_benchmark(devices: int, chunk_devices: int, reference_devices: int, trai
 
 def format_report(report: BenchReport) -> str:
     fast, reference = report.fast, report.reference
+    workers = fast.get("workers", 1)
     lines = [
         f"{report.devices:,} devices, {report.rows:,} rows scored ({report.machine})",
+        f"stage seconds are busy time summed over {workers} worker process(es), so their rows/s are per core;"
+        " end to end is wall-clock; the naive reference runs in one process",
         f"{'stage':<16}{'fast s':>9}{'fast rows/s':>14}{'naive rows/s':>14}{'speed-up':>10}",
     ]
     for stage in STAGES:
@@ -233,11 +332,13 @@ def format_report(report: BenchReport) -> str:
         naive_rate = reference["rows"] / naive_s if naive_s else float("nan")
         ratio = f"{fast_rate / naive_rate:>9.1f}x" if naive_s else f"{'-':>10}"
         lines.append(f"{stage:<16}{fast_s:>9.2f}{fast_rate:>14,.0f}{naive_rate:>14,.0f}{ratio}")
-    fast_total, naive_total = sum(fast["seconds"].values()), sum(reference["seconds"].values())
-    fast_rate, naive_rate = fast["rows"] / fast_total, reference["rows"] / naive_total
+    busy, naive_total = sum(fast["seconds"].values()), sum(reference["seconds"].values())
+    wall = fast.get("wall_seconds", busy)
+    busy_rate, wall_rate, naive_rate = fast["rows"] / busy, fast["rows"] / wall, reference["rows"] / naive_total
     lines += [
-        f"{'end to end':<16}{fast_total:>9.2f}{fast_rate:>14,.0f}{naive_rate:>14,.0f}{fast_rate / naive_rate:>9.1f}x",
-        f"peak memory: fast {fast['peak_mb']:,.0f} MB, naive {reference['peak_mb']:,.0f} MB",
+        f"{'all stages':<16}{busy:>9.2f}{busy_rate:>14,.0f}{naive_rate:>14,.0f}{busy_rate / naive_rate:>9.1f}x",
+        f"{'end to end':<16}{wall:>9.2f}{wall_rate:>14,.0f}{naive_rate:>14,.0f}{wall_rate / naive_rate:>9.1f}x",
+        f"peak memory: fast {fast['peak_mb']:,.0f} MB (all processes), naive {reference['peak_mb']:,.0f} MB",
         f"training on 7 days ({report.training['training_rows']:,} rows): {report.training['training_seconds']:.1f} s",
     ]
     return "\n".join(lines)
@@ -248,7 +349,7 @@ if __name__ == "__main__":  # a child step: python -m anomaly_assets.benchmark K
     if kind == "train":
         out = train(workdir)
     elif kind == "fast":
-        out = run_fast(workdir, payload["chunks"])
+        out = run_fast(workdir, payload["chunks"], payload["workers"])
     else:
         out = run_reference(workdir, payload["chunks"], payload["max_devices"])
     print(json.dumps(out))

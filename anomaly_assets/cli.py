@@ -130,6 +130,7 @@ def _bench(args: argparse.Namespace) -> int:
         chunk_devices=args.chunk_devices,
         reference_devices=args.reference_devices,
         train_devices=args.train_devices,
+        workers=args.workers,
         progress=(lambda _m: None) if args.json else lambda m: print(m, file=sys.stderr, flush=True),
     )
     print(json.dumps(report.as_dict(), indent=2) if args.json else format_report(report))
@@ -206,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference-devices", type=int, default=2_500, help="devices the naive reference runs on (default 2,500)"
     )
     bench.add_argument("--train-devices", type=int, default=1_000, help="devices in the 7 training days (default 1,000)")
+    bench.add_argument(
+        "--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (default: 2, or 1 on one core)"
+    )
     bench.add_argument("--json", action="store_true", help="print the measurements as JSON")
     bench.set_defaults(handler=_bench)
 

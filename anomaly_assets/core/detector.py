@@ -38,7 +38,10 @@ SCORED_COLUMNS = (
 
 @dataclasses.dataclass(frozen=True)
 class DetectorConfig:
-    n_estimators: int = 200
+    # 100 trees (scikit-learn's default): on the synthetic fleet (2 fleets x 3 seeds) AUC-ROC was
+    # 0.003 and AUC-PR 0.007 below 200 trees, well inside the 0.02 spread between random seeds,
+    # for half the scoring and training time.
+    n_estimators: int = 100
     # Deeper trees (2048 samples) separate level shifts and dropouts far better than the
     # scikit-learn default of 256 on this feature set (AUC measured on the synthetic fleet).
     max_samples: int = 2048

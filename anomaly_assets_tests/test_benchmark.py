@@ -1,0 +1,68 @@
+"""``anomaly-assets bench``: the chunked, multi-process fast path computes what the one-shot
+pipeline computes, and the report carries every stage. Speed itself is measured by the
+benchmark, never asserted here."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from anomaly_assets import benchmark
+from anomaly_assets.core.features import build_device_features
+from anomaly_assets.core.validation import validate_telemetry
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("bench")
+    chunks = benchmark.prepare(workdir, devices=30, chunk_devices=10, train_devices=12)["chunks"]
+    benchmark.train(workdir)
+    return workdir, chunks
+
+
+def test_two_workers_persist_what_one_shot_scoring_gives(prepared):
+    workdir, chunks = prepared
+    out = benchmark.run_fast(workdir, chunks, workers=2)
+    assert out["workers"] == 2 and len(out["worker_peak_mb"]) == 2
+    assert set(out["seconds"]) == set(benchmark.STAGES) and all(v > 0 for v in out["seconds"].values())
+    assert out["wall_seconds"] > 0
+
+    model = pd.read_pickle(workdir / "model.pkl")
+    day_start = pd.Timestamp(benchmark.DAY, tz="UTC")
+    expected = []
+    for chunk in chunks:  # each chunk on its own, in one process, the plain way
+        frame = pd.read_parquet(chunk)
+        day = frame["timestamp"] >= day_start
+        valid = validate_telemetry(frame.loc[day], benchmark._contract(), day_start, day_start + pd.Timedelta(days=1)).valid
+        features = build_device_features(pd.concat([frame.loc[~day], valid]), model.spec, keep_from=day_start)
+        expected.append(model.score(features))
+    expected = pd.concat(expected, ignore_index=True)
+    assert out["rows"] == len(expected) > 29 * 288  # 30 devices, a few rows lost to dropouts
+
+    from anomaly_assets.resources.results_store import ResultsStore
+
+    store = ResultsStore(url=f"sqlite:///{workdir / 'fast.db'}")
+    events = store.read_frame("SELECT device_id, score, severity, top_feature_1 FROM anomaly_events")
+    flagged = expected.loc[expected["is_anomaly"], ["device_id", "score", "severity", "top_feature_1"]]
+    assert len(events) == len(flagged) > 0
+    key = ["device_id", "score"]
+    pd.testing.assert_frame_equal(
+        events.sort_values(key).reset_index(drop=True),
+        flagged.sort_values(key).reset_index(drop=True).astype(events.dtypes.to_dict()),
+        check_exact=True,
+    )
+    summary = store.read_frame("SELECT device_id, samples FROM device_daily_summary")
+    assert len(summary) == 30 and summary["samples"].sum() == len(expected)
+    scored = pd.concat(pd.read_parquet(workdir / f"scored{i:04d}.parquet") for i in range(len(chunks)))
+    assert len(scored) == len(expected)
+
+
+def test_report_lists_every_stage_against_the_reference(prepared):
+    workdir, chunks = prepared
+    fast = benchmark.run_fast(workdir, chunks, workers=1)
+    reference = benchmark.run_reference(workdir, chunks, max_devices=10)
+    report = benchmark.BenchReport(30, fast["rows"], fast, reference, {"training_rows": 1, "training_seconds": 1.0}, "test")
+    text = benchmark.format_report(report)
+    for stage in (*benchmark.STAGES, "all stages", "end to end", "peak memory"):
+        assert stage in text
+    assert 0 < reference["rows"] <= 10 * 288  # one chunk of devices (dropouts remove a few rows)
