@@ -87,7 +87,7 @@ def _process_chunk(model: FleetAnomalyModel, contract, chunk: str, scored_path: 
     seconds = dict.fromkeys(STAGES, 0.0)
 
     clock = time.perf_counter()
-    frame = pd.read_parquet(chunk)
+    frame = pd.read_parquet(chunk, filters=[("timestamp", ">=", day_start - spec.lookback)])  # day + lookback
     seconds["read"] = time.perf_counter() - clock
     day_mask = frame["timestamp"] >= day_start
 

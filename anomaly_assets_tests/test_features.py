@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anomaly_assets.core.features import TIME_FEATURES, FeatureSpec, build_device_features
+from anomaly_assets.core.features import TIME_FEATURES, FeatureSpec, build_daily_features, build_device_features
 from anomaly_assets.core.generator import COHORT_COLUMNS, LABEL_COLUMNS, METRICS, FleetConfig, generate_days
 
 SPEC = FeatureSpec(metrics=METRICS, cohort_columns=COHORT_COLUMNS, label_columns=LABEL_COLUMNS)
@@ -61,6 +61,25 @@ def test_day_by_day_with_lookback_equals_concatenated(three_days, day_index):
     for column in ("anomaly_type", "is_injected_anomaly", *COHORT_COLUMNS):
         pd.testing.assert_series_equal(partitioned[column], expected[column])
     assert_features_close(partitioned, expected, SPEC.device_feature_columns())
+
+
+def test_daily_features_need_only_the_lookback_and_are_bit_identical(three_days):
+    """A day's features read the longest window before it and nothing earlier: with the whole
+    previous day, or two of them, at hand they are the same to the last bit, and they equal
+    features computed on the concatenated days."""
+    days, telemetry = three_days
+    day = pd.Timestamp(days[2], tz="UTC")
+    assert SPEC.lookback == pd.Timedelta("6h")
+    from_lookback = telemetry.loc[telemetry["timestamp"] >= day - SPEC.lookback]
+    trimmed = build_daily_features(from_lookback, SPEC, [day])
+    pd.testing.assert_frame_equal(build_daily_features(telemetry, SPEC, [day]), trimmed, check_exact=True)
+    everything = build_device_features(telemetry, SPEC)
+    expected = everything.loc[everything["timestamp"] >= day].reset_index(drop=True)
+    assert_features_close(trimmed, expected, SPEC.device_feature_columns())
+    # Less than the lookback is not enough: the 6h windows of the first rows change.
+    short = build_daily_features(telemetry.loc[telemetry["timestamp"] >= day - pd.Timedelta("3h")], SPEC, [day])
+    with pytest.raises(AssertionError):
+        assert_features_close(short, expected, ["cpu_util_pct__std_6h"])
 
 
 def test_without_lookback_the_first_hour_differs(three_days):

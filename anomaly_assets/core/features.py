@@ -3,8 +3,9 @@
 Rolling windows are time based, ``(t - window, t]`` per device, like pandas'
 ``groupby().rolling("1h")``, and are computed with prefix sums over the frame sorted by
 (device, time): no per-device Python loop. A partition's features are built from the partition
-plus the previous day (the lookback), then the lookback rows are dropped, so features computed
-day by day equal those computed on the concatenated days.
+plus the lookback before it (the longest window, from the previous day's partition), then the
+lookback rows are dropped, so features computed day by day equal those computed on the
+concatenated days.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class FeatureSpec:
         longest = max(pd.Timedelta(w) for w in self.windows)
         if longest > pd.Timedelta("1D"):
             raise ValueError(f"rolling windows may not exceed the one-day lookback, got {self.windows}")
+
+    @property
+    def lookback(self) -> pd.Timedelta:
+        """How far before a day its features reach: the longest rolling window."""
+        return max(pd.Timedelta(w) for w in self.windows)
 
     def device_feature_columns(self) -> list[str]:
         columns: list[str] = []
@@ -219,15 +225,17 @@ def _window_sum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 
 def build_daily_features(telemetry: pd.DataFrame, spec: FeatureSpec, day_starts: list[pd.Timestamp]) -> pd.DataFrame:
-    """Features of each day from that day plus the day before it, and nothing else.
+    """Features of each day from that day plus the ``spec.lookback`` before it, and nothing else.
 
     A day's features are then bit-for-bit the same whether it is built alone or within a
-    multi-day backfill, so re-scoring a partition reproduces its scores exactly.
+    multi-day backfill, however much of the previous day is at hand, so re-scoring a partition
+    reproduces its scores exactly. (A delta or gap reaching back further than the lookback, after
+    a device was silent that long, is NaN, as for a device's first row.)
     """
-    day_of_row = telemetry["timestamp"].dt.floor("D")
+    stamps = telemetry["timestamp"]
     parts = []
     for day in day_starts:
-        rows = telemetry.loc[(day_of_row >= day - pd.Timedelta(days=1)) & (day_of_row <= day)]
+        rows = telemetry.loc[(stamps >= day - spec.lookback) & (stamps < day + pd.Timedelta(days=1))]
         if (rows["timestamp"] >= day).any():
             parts.append(build_device_features(rows, spec, keep_from=day))
     if not parts:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from pydantic import PrivateAttr
@@ -237,6 +238,12 @@ def _copy_into(connection: sa.Connection, table: sa.Table, frame: pd.DataFrame) 
             copy.write(buffer.getvalue())
 
 
+def _sqlite_default_datetime(impl: sa.types.TypeEngine) -> bool:
+    from sqlalchemy.dialects.sqlite import DATETIME
+
+    return isinstance(impl, DATETIME) and impl._storage_format == DATETIME._storage_format
+
+
 def _executemany(connection: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> None:
     """One driver-level ``executemany`` per 50,000 rows.
 
@@ -249,9 +256,18 @@ def _executemany(connection: sa.Connection, table: sa.Table, frame: pd.DataFrame
     names = list(compiled.positiontup) if dialect.positional else list(frame.columns)
     columns = []
     for name in names:
-        values = frame[name].to_numpy(dtype=object, copy=True)  # Python scalars; Timestamps are datetimes
-        values[frame[name].isna().to_numpy()] = None
-        processor = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        column, impl = frame[name], table.c[name].type.dialect_impl(dialect)
+        if _sqlite_default_datetime(impl) and isinstance(column.dtype, np.dtype | pd.DatetimeTZDtype) and column.dtype.kind == "M":
+            # The same text SQLite's DATETIME processor writes (the wall-clock fields), vectorized.
+            wall = column.dt.tz_localize(None) if getattr(column.dtype, "tz", None) else column
+            text = np.char.replace(np.datetime_as_string(wall.to_numpy(dtype="datetime64[us]"), unit="us"), "T", " ")
+            values = text.astype(object)
+            values[column.isna().to_numpy()] = None
+            columns.append(values.tolist())
+            continue
+        values = column.to_numpy(dtype=object, copy=True)  # Python scalars; Timestamps are datetimes
+        values[column.isna().to_numpy()] = None
+        processor = impl.bind_processor(dialect)
         columns.append([processor(v) for v in values] if processor else values.tolist())
     rows = list(zip(*columns, strict=True))
     if not dialect.positional:
