@@ -380,3 +380,37 @@ def test_every_quarantined_row_keeps_the_row_partition_rule_and_reason(clean):
     keys = result.family_results("keys")
     assert sum(r.quarantined_count for r in keys) == 4  # null, blank, too long, NaT
     assert all(len(r.sample) <= 5 for r in result.rule_results)
+
+
+def test_exact_copies_and_conflicts_with_and_without_keys_in_any_order(clean):
+    """Only rows whose (device_id, timestamp) repeats can be copies, so only those are
+    fingerprinted; copies and conflicts are still told apart, also for rows missing a key
+    (missing keys compare equal here, as in ``DataFrame.duplicated``), in any delivery order."""
+    frame = clean.copy()
+    frame["device_id"] = frame["device_id"].astype(object)
+    frame.loc[0, "device_id"] = None
+    frame.loc[1, "timestamp"] = pd.NaT
+    frame.loc[2, ["device_id", "timestamp"]] = [None, pd.NaT]
+    extra = [
+        frame.iloc[[5, 5]],  # two more exact copies of a keyed row
+        frame.iloc[[6]].assign(cpu_util_pct=1.0),  # a conflicting row for another key
+        frame.iloc[[0, 0]],  # copies of a row without device_id
+        frame.iloc[[1]].assign(reboots=9.0),  # conflicts with a row without timestamp
+        frame.iloc[[2]],  # a copy of a row without either key
+    ]
+    frame = pd.concat([frame, *extra], ignore_index=True)
+    for order in (frame, frame.iloc[::-1], frame.sample(frac=1.0, random_state=4)):
+        result = validate(order)
+        assert result.rule_counts == {
+            "keys.device_id.not_null": 5,  # rows 0, 2 and their three copies
+            "keys.timestamp.not_null": 2,  # row 1 and its conflicting row
+            "uniqueness.exact_duplicate": 2,  # the two extra copies of row 5
+            "uniqueness.device_id_timestamp": 2,  # row 6 and its conflicting row
+        }
+        copies = rule(result, "uniqueness.exact_duplicate")
+        # GX sees every row of a group of copies: row 5 (3x), row 0 (3x), row 2 (2x)
+        assert copies.unexpected_count == 8 and copies.quarantined_count == 2
+        conflicts = rule(result, "uniqueness.device_id_timestamp")
+        assert conflicts.unexpected_count == 5  # rows with both keys only: row 5 (3x) and row 6 (2x)
+        assert len(result.valid) == len(clean) - 4  # rows 0, 1, 2 and 6 lose; row 5 keeps one copy
+        assert not result.valid.duplicated(["device_id", "timestamp"]).any()

@@ -1,7 +1,7 @@
 """Single-core throughput of IsolationForest.score_samples vs CompiledForest.score_samples.
 
-    python benchmarks/bench_forest.py                      # 1,000,000 x 92, 200 trees, max_samples=256
-    python benchmarks/bench_forest.py --max-samples 2048   # the detector's default forest
+    python benchmarks/bench_forest.py                      # the detector's forest: 46 features, 100 trees, 2048 samples
+    python benchmarks/bench_forest.py --max-samples 256    # scikit-learn's default tree size
 
 Both scorers see the same float64 matrix (what the pipeline hands over); BLAS/OpenMP pools are
 pinned to one thread with threadpoolctl, and both scorers are single-threaded by themselves
@@ -26,6 +26,8 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from anomaly_assets.core import fast_forest  # noqa: E402
+from anomaly_assets.core.detector import DetectorConfig  # noqa: E402
+from anomaly_assets.core.generator import METRICS  # noqa: E402
 from anomaly_assets.core.fast_forest import CompiledForest  # noqa: E402
 
 
@@ -52,9 +54,12 @@ def best_of(repeats: int, fn) -> tuple[float, float, np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--features", type=int, default=92)
-    parser.add_argument("--trees", type=int, default=200)
-    parser.add_argument("--max-samples", type=int, default=256)
+    detector = DetectorConfig()  # defaults: the forest the detector trains on the synthetic fleet's features
+    parser.add_argument(
+        "--features", type=int, default=len(METRICS) * len(detector.feature_suffixes) + len(detector.row_features)
+    )
+    parser.add_argument("--trees", type=int, default=detector.n_estimators)
+    parser.add_argument("--max-samples", type=int, default=detector.max_samples)
     parser.add_argument("--train-rows", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=3, help="best of N runs of the fast scorer")
     parser.add_argument("--sklearn-repeats", type=int, default=1, help="best of N runs of sklearn")

@@ -11,7 +11,10 @@ one expectation per rule, run on an ephemeral GX context with a pandas data sour
 2. the *row* suite on a narrow typed frame: keys, window, uniqueness, ranges and counters.
 
 Rows are quarantined from GX's own ``unexpected_index_list`` (result format ``COMPLETE``), so
-what GX reports and what is quarantined cannot disagree. The one deliberate narrowing is
+what GX reports and what is quarantined cannot disagree. For speed, each suite first runs with
+result format ``BOOLEAN_ONLY`` and only the rules that failed run again with ``COMPLETE``; suites
+are built once per contract and window, and GX's verdict on a zero-row frame (the schema suite)
+is kept per set of column types. The one deliberate narrowing is
 uniqueness: GX reports every row of a duplicated group; of exact copies the first one is kept
 and the others quarantined, and conflicting rows for one (device_id, timestamp) are all
 quarantined, since there is no way to pick one.
@@ -22,6 +25,7 @@ nothing is dropped silently: ``len(raw) == len(valid) + len(quarantined)`` alway
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import threading
 import time
@@ -58,10 +62,11 @@ FAMILY_DESCRIPTIONS = {
 METRIC_TYPES = ["float64", "int64", "float", "int"]  # a metric value must be one of these
 # Derived columns of the frame the row suite runs on (never part of the output):
 PREVIOUS_PREFIX = "__previous__"  # + counter: its previous value within the device-day
-FINGERPRINT = "__row_fingerprint"  # a 64-bit hash of the whole delivered row
+FINGERPRINT = "__row_fingerprint"  # the whole delivered row's hash class; NaN unless its key repeats
 BLANK = r"^[ \t\r\n\f\v]*$"  # empty or only (ASCII) whitespace; pyarrow runs \s ten times slower
 SAMPLE_SIZE = 5
 _RESULT_FORMAT = {"result_format": "COMPLETE", "return_unexpected_index_query": False}
+_QUICK_FORMAT = {"result_format": "BOOLEAN_ONLY"}  # whether each rule holds, nothing more
 
 
 class SchemaError(ValueError):
@@ -153,8 +158,10 @@ class _GX:
     def __init__(self) -> None:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
+        from great_expectations.validator.v1_validator import Validator
 
         self.gx = gx
+        self.validator = Validator
         self.context = gx.get_context(mode="ephemeral")
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
         source = self.context.data_sources.add_pandas("telemetry")
@@ -169,27 +176,132 @@ class _GX:
                 cls._instance = cls()
             return cls._instance
 
-    def run(self, frame: pd.DataFrame, name: str, rules: Sequence[_Rule]) -> dict[str, Any]:
-        """Validate ``rules`` on ``frame``; results keyed by rule name.
-
-        Rules run in suites of the columns they read (GX copies its whole batch frame for each
-        column expectation, so narrow batches are much faster), and rules that only read a
+    def suites(self, name: str, rules: Sequence[_Rule]) -> tuple[_Suite, ...]:
+        """Rules grouped into suites of the columns they read (GX copies its whole batch frame
+        for each column expectation, so narrow batches are much faster); rules that only read a
         column's type run on a zero-row frame with the same dtypes."""
-        suites: dict[tuple[str, bool], list[_Rule]] = {}
+        groups: dict[tuple[str, bool], list[_Rule]] = {}
         for rule in rules:
-            suites.setdefault((rule.suite, rule.needs_rows), []).append(rule)
-        results: dict[str, Any] = {}
-        for (suite_name, needs_rows), suite_rules in suites.items():
-            columns = list(dict.fromkeys(c for r in suite_rules for c in r.columns if c in frame.columns))
-            data = frame[columns] if needs_rows else frame[columns].iloc[:0]
-            suite = self.gx.ExpectationSuite(
-                name=f"{name}.{suite_name}", expectations=[r.expectation for r in suite_rules]
+            groups.setdefault((rule.suite, rule.needs_rows), []).append(rule)
+        return tuple(
+            _Suite(
+                name=f"{name}.{suite_name}",
+                rules=tuple(group),
+                columns=tuple(dict.fromkeys(c for r in group for c in r.columns)),
+                needs_rows=needs_rows,
+                suite=self.gx.ExpectationSuite(
+                    name=f"{name}.{suite_name}", expectations=[r.expectation for r in group]
+                ),
             )
-            with _GX._lock:  # the data source and its batch cache are shared
-                batch = self.batch_definition.get_batch(batch_parameters={"dataframe": data})
-                outcome = batch.validate(suite, result_format=_RESULT_FORMAT)
+            for (suite_name, needs_rows), group in groups.items()
+        )
+
+    def run(self, frame: pd.DataFrame, suites: Sequence[_Suite]) -> dict[str, Any]:
+        """Validate ``suites`` on ``frame``; results keyed by rule name.
+
+        A suite that reads rows runs twice at most: first asking GX only whether each rule holds
+        (result format ``BOOLEAN_ONLY``: no unexpected values or indices to collect), then the
+        rules that failed again with ``COMPLETE`` results, whose ``unexpected_index_list`` the
+        quarantine is taken from. A rule that holds has no unexpected rows to report, and on
+        clean data the second run never happens."""
+        results: dict[str, Any] = {}
+        for suite in suites:
+            columns = [c for c in suite.columns if c in frame.columns]
+            if not suite.needs_rows:  # the outcome depends only on the columns and their dtypes
+                dtypes = frame.dtypes
+                key = tuple((c, str(dtypes[c]), repr(dtypes[c]), type(dtypes[c])) for c in columns)
+                outcome = suite.typed_outcomes.get(key)
+                if outcome is None:  # GX decides it once per set of dtypes
+                    outcome = self._validate(frame[columns].iloc[:0], suite.suite, _RESULT_FORMAT)
+                    suite.typed_outcomes.put(key, outcome)
+                results.update({r.expectation_config.meta["rule"]: r for r in outcome.results})
+                continue
+            outcome = self._validate(frame[columns], suite.suite, _QUICK_FORMAT)
             results.update({r.expectation_config.meta["rule"]: r for r in outcome.results})
+            failed = tuple(r.expectation_config.meta["rule"] for r in outcome.results if not r.success)
+            if failed:
+                detail = suite.subset(failed, self.gx)
+                outcome = self._validate(frame[[c for c in detail.columns if c in frame]], detail.suite, _RESULT_FORMAT)
+                results.update({r.expectation_config.meta["rule"]: r for r in outcome.results})
         return results
+
+    def _validate(self, data: pd.DataFrame, suite: Any, result_format: dict[str, Any]) -> Any:
+        # A validator of the batch definition builds the batch once (Batch.validate builds it twice).
+        validator = self.validator(
+            batch_definition=self.batch_definition, batch_parameters={"dataframe": data}, result_format=result_format
+        )
+        with _GX._lock:  # the data source and its batch cache are shared
+            return validator.validate_expectation_suite(suite)
+
+
+class _Cache:
+    """A small thread-safe LRU mapping."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: dict[Any, Any] = {}
+        self.lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self.lock:
+            value = self.items.pop(key, None)
+            if value is not None:
+                self.items[key] = value
+            return value
+
+    def put(self, key: Any, value: Any) -> Any:
+        with self.lock:
+            self.items.pop(key, None)
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.pop(next(iter(self.items)))
+            return value
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Suite:
+    name: str
+    rules: tuple[_Rule, ...]
+    columns: tuple[str, ...]
+    needs_rows: bool
+    suite: Any  # a GX ExpectationSuite, reused across calls
+    # GX's outcomes of a suite that reads only column types, by the columns' dtypes
+    typed_outcomes: _Cache = dataclasses.field(default_factory=lambda: _Cache(16))
+    # suites of some of its rules (e.g. the ones that failed, to run again with complete results)
+    subsets: _Cache = dataclasses.field(default_factory=lambda: _Cache(64))
+
+    def subset(self, names: tuple[str, ...], gx: Any) -> _Suite:
+        found = self.subsets.get(names)
+        if found is None:
+            rules = tuple(r for r in self.rules if r.name in names)
+            found = _Suite(
+                name=self.name,
+                rules=rules,
+                columns=tuple(dict.fromkeys(c for r in rules for c in r.columns)),
+                needs_rows=True,
+                suite=gx.ExpectationSuite(name=self.name, expectations=[copy.copy(r.expectation) for r in rules]),
+            )
+            self.subsets.put(names, found)
+        return found
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Rules and their GX suites, built once per contract and window (or column types)."""
+
+    rules: tuple[_Rule, ...]
+    suites: tuple[_Suite, ...]
+
+
+_PLANS = _Cache(128)
+
+
+def _plan(key: tuple[Any, ...], build: Callable[[], list[_Rule]], name: str) -> _Plan:
+    plan = _PLANS.get(key)
+    if plan is None:
+        rules = tuple(build())
+        plan = _PLANS.put(key, _Plan(rules, _GX.get().suites(name, rules)))
+    return plan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,14 +558,34 @@ def _row_frame(frame: pd.DataFrame, contract: TelemetryContract) -> pd.DataFrame
         if values.dtype != np.float64:
             values = pd.to_numeric(values.where(_is_number(values)), errors="coerce").astype(np.float64)
         columns[metric] = values
-    rows = pd.DataFrame(columns)
+    keys = _KeyOrder(frame)
     for counter in contract.counters:
-        rows[PREVIOUS_PREFIX + counter] = _previous_in_device_day(rows, counter)
-    rows[FINGERPRINT] = _fingerprint(frame)
-    return rows
+        columns[PREVIOUS_PREFIX + counter] = keys.previous_in_device_day(columns[counter].to_numpy(dtype=np.float64))
+    columns[FINGERPRINT] = _fingerprint(frame, keys.duplicated())
+    return pd.DataFrame(columns, copy=False)  # GX reads a few columns at a time: no need to consolidate
 
 
-def _fingerprint(frame: pd.DataFrame) -> np.ndarray:
+def _fingerprint(frame: pd.DataFrame, candidates: np.ndarray) -> np.ndarray:
+    """A fingerprint of the whole delivered row for the ``candidates`` (row positions), NaN for
+    every other row, which GX's uniqueness expectation then ignores.
+
+    Exact copies share their (device_id, timestamp), so only rows whose key is duplicated can be
+    copies: those are the candidates. Equal rows get equal fingerprints and, up to a 64-bit hash
+    collision, different rows different ones (a dense number per distinct hash, exact in float64)."""
+    out = np.full(len(frame), np.nan)
+    if not len(candidates):
+        return out
+    if any(dtype == object for dtype in frame.dtypes):
+        # pandas hashes a mixed column as text or as values depending on all of its values, so
+        # hash the whole frame for the same fingerprints whichever rows are candidates
+        hashes = _row_hashes(frame)[candidates]
+    else:  # every other dtype is hashed value by value
+        hashes = _row_hashes(frame.iloc[candidates])
+    out[candidates] = pd.factorize(hashes)[0]
+    return out
+
+
+def _row_hashes(frame: pd.DataFrame) -> np.ndarray:
     try:
         return pd.util.hash_pandas_object(frame, index=False).to_numpy()
     except TypeError:  # unhashable cells (lists, dicts): hash their text
@@ -464,38 +596,102 @@ def _is_number(values: pd.Series) -> pd.Series:
     return values.map(lambda v: isinstance(v, int | float | np.integer | np.floating)).astype(bool)
 
 
-def _previous_in_device_day(frame: pd.DataFrame, counter: str) -> np.ndarray:
-    """For each row, the last non-null value of ``counter`` before it (by timestamp) from the same
-    device on the same UTC day; NaN for the day's first value and for rows without keys."""
-    n = len(frame)
-    previous = np.full(n, np.nan)
-    usable = (frame[DEVICE_ID].notna() & frame[TIMESTAMP].notna()).to_numpy()
-    if not usable.any():
+class _KeyOrder:
+    """The rows with both keys present, in (device_id, timestamp) order, stable for equal keys;
+    the order rows usually arrive in already, which is then used as it is."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        device, stamp = frame[DEVICE_ID], frame[TIMESTAMP]
+        self.n = len(frame)
+        self.devices = device.factorize()[0]  # -1 for a missing device_id
+        missing = (self.devices < 0) | stamp.isna().to_numpy()
+        self.keyless = np.flatnonzero(missing)
+        self.frame = frame
+        if stamp.dt.unit != "ns":
+            stamp = stamp.dt.as_unit("ns") if _fits_ns(stamp) else stamp.dt.as_unit("us")
+        per_day = {"ns": 86_400 * 10**9, "us": 86_400 * 10**6}[stamp.dt.unit]
+        ticks = stamp.to_numpy(dtype="datetime64[" + stamp.dt.unit + "]").view(np.int64)
+        if len(self.keyless):
+            self.rows = np.flatnonzero(~missing)
+            devices, ticks = self.devices[self.rows], ticks[self.rows]
+        else:
+            self.rows = None  # every row
+            devices = self.devices
+        if len(devices) and _is_sorted(devices, ticks):
+            self.order = None  # already in order
+        else:
+            self.order = _stable_order(devices, ticks)
+            devices, ticks = devices[self.order], ticks[self.order]
+        self.sorted_devices, self.sorted_ticks = devices, ticks
+        days = ticks // per_day
+        self.group_start = np.ones(len(devices), dtype=bool)  # the first row of a device-day
+        self.group_start[1:] = (devices[1:] != devices[:-1]) | (days[1:] != days[:-1])
+
+    def _positions(self) -> np.ndarray | None:
+        """Frame positions of the sorted rows (None: the frame's own order)."""
+        if self.order is None:
+            return self.rows
+        return self.order if self.rows is None else self.rows[self.order]
+
+    def previous_in_device_day(self, values: np.ndarray) -> np.ndarray:
+        """For each row, the last non-null value before it (by timestamp) from the same device
+        on the same UTC day; NaN for the day's first value and for rows without keys."""
+        positions = self._positions()
+        ordered = values if positions is None else values[positions]
+        m = len(ordered)
+        if not m:
+            return np.full(self.n, np.nan)
+        index = np.arange(m)
+        last = np.where(np.isnan(ordered), -1, index)
+        np.maximum.accumulate(last, out=last)  # the latest non-null row so far
+        start = np.maximum.accumulate(np.where(self.group_start, index, 0))  # its device-day's first row
+        before = np.empty(m, dtype=np.int64)
+        before[0] = -1
+        before[1:] = last[:-1]
+        shifted = np.where(before >= start, ordered[np.maximum(before, 0)], np.nan)
+        if positions is None:
+            return shifted
+        previous = np.full(self.n, np.nan)
+        previous[positions] = shifted
         return previous
-    rows = np.flatnonzero(usable)
-    devices = frame[DEVICE_ID].iloc[rows].factorize()[0]
-    stamps = frame[TIMESTAMP].iloc[rows]
-    if stamps.dt.unit != "ns":
-        stamps = stamps.dt.as_unit("ns") if _fits_ns(stamps) else stamps.dt.as_unit("us")
-    ticks = stamps.astype("int64").to_numpy()
-    per_day = {"ns": 86_400 * 10**9, "us": 86_400 * 10**6}[stamps.dt.unit]
-    days = ticks // per_day
-    order = np.lexsort((np.arange(len(rows)), ticks, days, devices))  # stable for equal timestamps
-    values = frame[counter].to_numpy(dtype=np.float64)[rows][order]
-    group_start = np.ones(len(rows), dtype=bool)
-    group_start[1:] = (devices[order][1:] != devices[order][:-1]) | (days[order][1:] != days[order][:-1])
-    group = np.cumsum(group_start)
-    last_seen = pd.Series(values).groupby(group).ffill().to_numpy()
-    shifted = np.empty_like(last_seen)
-    shifted[0] = np.nan
-    shifted[1:] = last_seen[:-1]
-    shifted[group_start] = np.nan
-    previous[rows[order]] = shifted
-    return previous
+
+    def duplicated(self) -> np.ndarray:
+        """Positions of rows whose (device_id, timestamp) occurs more than once, as
+        ``DataFrame.duplicated(keep=False)`` finds them (missing keys compare equal)."""
+        devices, ticks = self.sorted_devices, self.sorted_ticks
+        same = (devices[1:] == devices[:-1]) & (ticks[1:] == ticks[:-1])
+        found: list[np.ndarray] = []
+        if same.any():
+            repeated = np.zeros(len(devices), dtype=bool)
+            repeated[1:] |= same
+            repeated[:-1] |= same
+            positions = self._positions()
+            found.append(np.flatnonzero(repeated) if positions is None else positions[repeated])
+        if len(self.keyless):
+            keyless = self.frame.iloc[self.keyless]
+            found.append(self.keyless[keyless.duplicated([DEVICE_ID, TIMESTAMP], keep=False).to_numpy()])
+        return np.sort(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
+
+
+def _stable_order(devices: np.ndarray, ticks: np.ndarray) -> np.ndarray:
+    """The stable sort order by (device, tick); one sort of a combined key when it fits 63 bits."""
+    if not len(devices):
+        return np.empty(0, dtype=np.int64)
+    low = int(ticks.min())
+    span = int(ticks.max()) - low + 1
+    if span * (int(devices.max()) + 1) < 2**63:
+        return np.argsort(devices.astype(np.int64) * span + (ticks - low), kind="stable")
+    return np.lexsort((ticks, devices))  # lexsort is stable too
+
+
+def _is_sorted(devices: np.ndarray, ticks: np.ndarray) -> bool:
+    step = devices[1:] - devices[:-1]
+    return bool((step >= 0).all() and (ticks[1:][step == 0] >= ticks[:-1][step == 0]).all())
 
 
 def _fits_ns(stamps: pd.Series) -> bool:
     low, high = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
+    stamps = stamps.dropna()
     return bool(((stamps >= low) & (stamps <= high)).all())
 
 
@@ -517,9 +713,12 @@ def validate_telemetry(
     if gx is None:
         return _empty_result(frame, contract, unknown, window_start, started)
 
-    schema_rules = _schema_rules(frame, contract)
+    key = repr(contract)  # a contract holds a dict, so it is not hashable itself
+    types = tuple((c, str(frame[c].dtype), frame[c].dtype == object) for c in contract.required_columns if c in frame)
+    schema = _plan(("schema", key, types), lambda: _schema_rules(frame, contract), f"{contract.name}.schema")
+    schema_rules = list(schema.rules)
     present = [c for c in contract.required_columns if c in frame.columns]
-    schema_outcome = gx.run(frame[present], f"{contract.name}.schema", schema_rules)
+    schema_outcome = gx.run(frame[present], schema.suites)
     schema_results = [_rule_result(rule, schema_outcome[rule.name], frame) for rule in schema_rules]
     broken = [r for r in schema_results if r.breaks_schema]
     if broken:
@@ -531,8 +730,12 @@ def validate_telemetry(
         )
 
     rows = _row_frame(frame, contract)
-    row_rules = _row_rules(contract, window_start, window_end)
-    row_outcome = gx.run(rows, f"{contract.name}.rows", row_rules)
+    window = (window_start, window_end, window_start.isoformat(), window_end.isoformat())
+    row_plan = _plan(
+        ("rows", key, window), lambda: _row_rules(contract, window_start, window_end), f"{contract.name}.rows"
+    )
+    row_rules = list(row_plan.rules)
+    row_outcome = gx.run(rows, row_plan.suites)
     row_results = [_rule_result(rule, row_outcome[rule.name], rows) for rule in row_rules]
     errors = [r for r in row_results if r.breaks_schema]
     if errors:  # a row-level expectation that could not run: fail loudly, never pass silently
@@ -569,7 +772,7 @@ def validate_telemetry(
     counts = {str(k): int(v) for k, v in first_rule.value_counts().items()}
     results = [dataclasses.replace(r, quarantined_count=counts.get(r.rule, 0)) for r in [*schema_results, *row_results]]
 
-    valid = frame.loc[~bad]
+    valid = frame.loc[~bad] if bad.any() else frame
     retyped = [m for m in contract.metrics if valid[m].dtype != np.float64]
     if retyped:
         valid = valid.assign(**{m: rows.loc[~bad, m] for m in retyped})
@@ -713,7 +916,9 @@ def _quarantine_frame(
         {
             "partition_date": window_start.strftime("%Y-%m-%d"),
             "device_id": _nullable_text(rows[DEVICE_ID]) if DEVICE_ID in rows else missing,
-            "timestamp": as_text.get(TIMESTAMP, _nullable_text(rows[TIMESTAMP]) if TIMESTAMP in rows else missing),
+            "timestamp": as_text[TIMESTAMP]
+            if TIMESTAMP in as_text
+            else (_nullable_text(rows[TIMESTAMP]) if TIMESTAMP in rows else missing),
             "rule": rules.astype("object").to_numpy(),
             "reason": reasons.astype("object").to_numpy(),
             "row_json": lines,
