@@ -64,6 +64,15 @@ def prepare(workdir: Path, devices: int, chunk_devices: int, train_devices: int)
 
 
 def _peak_mb() -> float:
+    """This process's peak resident memory. On Linux the high-water mark of its own address
+    space (``VmHWM``): ``ru_maxrss`` survives ``exec`` and would count the parent's peak."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
