@@ -1,66 +1,52 @@
-"""The one place that picks resources for an environment (see ``anomaly_assets.settings``)."""
+"""Resources, and ``build_resources``: the one place that picks them for an environment.
+
+Names are imported on first use, so a process that needs one resource module (the benchmark's
+coordinator writing the results database, say) does not load MLflow and every source driver.
+"""
 
 from __future__ import annotations
 
-import dagster as dg
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from anomaly_assets.resources.alert_router import AlertRouter
-from anomaly_assets.resources.model_registry import MlflowModelRegistry
-from anomaly_assets.resources.parquet_io import PartitionedParquetIOManager
-from anomaly_assets.resources.results_store import ResultsStore
-from anomaly_assets.resources.telemetry_source import SyntheticFleetSource, TelemetrySource
-from anomaly_assets.resources.sources import (
-    FileTelemetrySource,
-    InventorySource,
-    OdbcTelemetrySource,
-    SqlTelemetrySource,
-    build_inventory_source,
-    build_telemetry_source,
-)
-from anomaly_assets.settings import Settings
+_EXPORTS = {
+    "AlertRouter": "alert_router",
+    "MlflowModelRegistry": "model_registry",
+    "PartitionedParquetIOManager": "parquet_io",
+    "ResultsStore": "results_store",
+    "SyntheticFleetSource": "telemetry_source",
+    "TelemetrySource": "telemetry_source",
+    "SqlTelemetrySource": "sources",
+    "OdbcTelemetrySource": "sources",
+    "FileTelemetrySource": "sources",
+    "InventorySource": "sources",
+    "build_inventory_source": "sources",
+    "build_telemetry_source": "sources",
+    "build_resources": "environment",
+}
 
-__all__ = [
-    "AlertRouter",
-    "MlflowModelRegistry",
-    "PartitionedParquetIOManager",
-    "ResultsStore",
-    "SyntheticFleetSource",
-    "TelemetrySource",
-    "SqlTelemetrySource",
-    "OdbcTelemetrySource",
-    "FileTelemetrySource",
-    "InventorySource",
-    "build_resources",
-]
+__all__ = sorted(_EXPORTS)
 
-
-def build_resources(settings: Settings) -> dict[str, object]:
-    # ANOMALY_ASSETS_SOURCE=synthetic (default) | sql | odbc | files; secrets via dg.EnvVar.
-    telemetry_source = build_telemetry_source(settings) if settings.source != "synthetic" else SyntheticFleetSource(
-        n_devices=settings.fleet_devices,
-        seed=settings.fleet_seed,
-        start_date=settings.start_date.isoformat(),
-        fleet_shift_offset_days=settings.fleet_shift_offset_days,
+if TYPE_CHECKING:
+    from anomaly_assets.resources.alert_router import AlertRouter
+    from anomaly_assets.resources.environment import build_resources
+    from anomaly_assets.resources.model_registry import MlflowModelRegistry
+    from anomaly_assets.resources.parquet_io import PartitionedParquetIOManager
+    from anomaly_assets.resources.results_store import ResultsStore
+    from anomaly_assets.resources.sources import (
+        FileTelemetrySource,
+        InventorySource,
+        OdbcTelemetrySource,
+        SqlTelemetrySource,
+        build_inventory_source,
+        build_telemetry_source,
     )
-    inventory_source = build_inventory_source(settings)  # ANOMALY_ASSETS_INVENTORY_URL (optional)
-    if settings.environment == "production":
-        return {
-            "telemetry_source": telemetry_source,
-        "inventory_source": inventory_source,
-            "results_store": ResultsStore(url=dg.EnvVar("ANOMALY_ASSETS_RESULTS_URL")),
-            "model_registry": MlflowModelRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
-            "io_manager": PartitionedParquetIOManager(base_path=dg.EnvVar("ANOMALY_ASSETS_STORAGE_PATH")),
-            "alert_router": AlertRouter.from_env(),  # ANOMALY_ASSETS_ALERT_CHANNELS, DAGSTER_UI_URL
-        }
-    for directory in (settings.home, settings.mlflow_dir, settings.parquet_dir):
-        directory.mkdir(parents=True, exist_ok=True)
-    return {
-        "telemetry_source": telemetry_source,
-        "inventory_source": inventory_source,
-        "results_store": ResultsStore(url=settings.results_url),
-        "model_registry": MlflowModelRegistry(
-            tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifact_location
-        ),
-        "io_manager": PartitionedParquetIOManager(base_path=str(settings.parquet_dir)),
-        "alert_router": AlertRouter.from_env(),  # ANOMALY_ASSETS_ALERT_CHANNELS, DAGSTER_UI_URL
-    }
+    from anomaly_assets.resources.telemetry_source import SyntheticFleetSource, TelemetrySource
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
