@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         "time a naive pandas/scikit-learn/to_sql pipeline on the same rows and print the ratios.",
     )
     bench.add_argument("--devices", type=int, default=10_000, help="devices in the scored day (default 10,000)")
-    bench.add_argument("--chunk-devices", type=int, default=1_000, help="devices per chunk (default 1,000)")
+    bench.add_argument("--chunk-devices", type=int, default=500, help="devices per chunk (default 500)")
     bench.add_argument(
         "--reference-devices", type=int, default=2_500, help="devices the naive reference runs on (default 2,500)"
     )

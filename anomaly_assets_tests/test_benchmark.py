@@ -61,8 +61,11 @@ def test_report_lists_every_stage_against_the_reference(prepared):
     workdir, chunks = prepared
     fast = benchmark.run_fast(workdir, chunks, workers=1)
     reference = benchmark.run_reference(workdir, chunks, max_devices=10)
-    report = benchmark.BenchReport(30, fast["rows"], fast, reference, {"training_rows": 1, "training_seconds": 1.0}, "test")
+    parallel = dict(fast, workers=2)
+    report = benchmark.BenchReport(
+        30, fast["rows"], fast, parallel, reference, {"training_rows": 1, "training_seconds": 1.0}, "test"
+    )
     text = benchmark.format_report(report)
-    for stage in (*benchmark.STAGES, "all stages", "end to end", "peak memory"):
+    for stage in (*benchmark.STAGES, "end to end, 1 worker", "end to end, 2 workers", "peak memory"):
         assert stage in text
     assert 0 < reference["rows"] <= 10 * 288  # one chunk of devices (dropouts remove a few rows)

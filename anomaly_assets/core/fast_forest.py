@@ -2,10 +2,10 @@
 
 ``CompiledForest.from_sklearn(forest).score_samples(X)`` returns the same numbers as
 ``forest.score_samples(X)`` (identical to the last bit in every measurement; the tests assert
-1e-9), several times faster on one core: for 92 features and 200 trees, measured about 1.1M rows/s
-(~9-10x sklearn) with max_samples=256 and about 0.63M rows/s (~7x) with max_samples=2048; see
-benchmarks/bench_forest.py. The trees are flattened into a few plain numpy arrays (so the object
-pickles cheaply, e.g. inside an MLflow model) and walked by a small numba kernel.
+1e-9), several times faster on one core (figures for the detector's forest of 100 trees of 2,048
+samples: README, Performance; ``benchmarks/bench_forest.py`` measures it alone). The trees are
+flattened into a few plain numpy arrays (so the object pickles cheaply, e.g. inside an MLflow
+model) and walked by a small numba kernel.
 
 Why it is exact:
 
