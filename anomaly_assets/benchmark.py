@@ -2,9 +2,11 @@
 reference pipeline measured in the same run.
 
 The parent process generates the data (not timed) into parquet files, one per chunk of devices,
-then runs each pipeline in a child process, so each child's peak memory (``ru_maxrss``) is the
-pipeline's own. The fast path processes one chunk of devices at a time: its peak memory depends
-on the chunk size, not on the fleet size.
+then runs each pipeline in a child process, so each child's peak memory is the pipeline's own.
+The fast path's child coordinates worker processes that take chunks of devices from a queue and
+run them through the same core functions the assets call; it writes the results database
+itself. Its peak memory depends on the chunk size and the number of workers, not on the fleet
+size.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
