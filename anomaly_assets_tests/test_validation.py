@@ -414,3 +414,16 @@ def test_exact_copies_and_conflicts_with_and_without_keys_in_any_order(clean):
         assert conflicts.unexpected_count == 5  # rows with both keys only: row 5 (3x) and row 6 (2x)
         assert len(result.valid) == len(clean) - 4  # rows 0, 1, 2 and 6 lose; row 5 keeps one copy
         assert not result.valid.duplicated(["device_id", "timestamp"]).any()
+
+
+def test_repeated_keys_with_unhashable_extra_cells_are_quarantined_not_crashing(clean):
+    """An unknown column holding lists (e.g. JSON arrays from a source) next to repeated keys:
+    copies and conflicts are still told apart, by the cells' text."""
+    frame = clean.copy()
+    frame["tags"] = [["a", str(i)] for i in range(len(frame))]
+    frame = pd.concat(
+        [frame, frame.iloc[[3]], frame.iloc[[4]].assign(tags=[["changed"]])], ignore_index=True
+    )  # an exact copy of row 3; a row for row 4's key differing only in its list
+    result = validate(frame)
+    assert result.rule_counts == {"uniqueness.exact_duplicate": 1, "uniqueness.device_id_timestamp": 2}
+    assert len(result.valid) + len(result.quarantined) == len(frame)

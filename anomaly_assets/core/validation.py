@@ -519,13 +519,13 @@ def _row_rules(contract: TelemetryContract, window_start: pd.Timestamp, window_e
 
 def _extra_copies(frame: pd.DataFrame, flagged: np.ndarray) -> np.ndarray:
     """Of each group of identical rows (compared in full), every copy after the first."""
-    return flagged[frame.iloc[flagged].duplicated(keep="first").to_numpy()]
+    return flagged[_duplicated(frame.iloc[flagged]).to_numpy()]
 
 
 def _conflicting_rows(frame: pd.DataFrame, flagged: np.ndarray) -> np.ndarray:
     """Rows of a (device_id, timestamp) that holds more than one distinct row."""
     subset = frame.iloc[flagged]
-    distinct = ~subset.duplicated(keep="first")
+    distinct = ~_duplicated(subset)
     per_key = distinct.groupby([subset[DEVICE_ID], subset[TIMESTAMP]], dropna=False).transform("sum")
     return flagged[(per_key > 1).to_numpy()]
 
@@ -589,6 +589,15 @@ def _fingerprint(frame: pd.DataFrame, candidates: np.ndarray) -> np.ndarray:
         hashes = _row_hashes(frame.iloc[candidates])
     out[candidates] = pd.factorize(hashes)[0]
     return out
+
+
+def _duplicated(rows: pd.DataFrame) -> pd.Series:
+    """``rows.duplicated(keep="first")``; rows with unhashable cells (lists, dicts) compare as text,
+    as their fingerprints do."""
+    try:
+        return rows.duplicated(keep="first")
+    except TypeError:
+        return rows.astype("str").duplicated(keep="first")
 
 
 def _row_hashes(frame: pd.DataFrame) -> np.ndarray:
