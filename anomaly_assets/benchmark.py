@@ -295,7 +295,12 @@ def run_reference(workdir: Path, chunks: list[str], max_devices: int) -> dict:
     seconds["features"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    matrix = model.model_matrix(features)  # cohort z-scores and baselines, as stored in the model
+    # Cohort z-scores and baselines as DataFrames concatenated column-wise, then the model's columns
+    # selected and imputed: the pandas way (the compiled path writes the row-major matrix directly).
+    from anomaly_assets.core.detector import _model_frame
+
+    values = _model_frame(features, spec, model.cohort_stats, model.baselines)[model.feature_columns].to_numpy(dtype=np.float64)
+    matrix = np.where(np.isnan(values), model.medians[None, :], values)
     seconds["cohort_features"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

@@ -265,3 +265,15 @@ def test_score_output_layout(fleet):
     assert scored["is_anomaly"].dtype == bool
     assert scored["score"].between(0, 1).all()
     assert 0.001 < scored["is_anomaly"].mean() < 0.2
+
+
+def test_compiled_model_matrix_equals_the_pandas_frame_path(fleet):
+    """``model_matrix`` writes the forest's input directly; the pandas way (cohort and baseline
+    frames concatenated, columns selected, NaN imputed) gives the same numbers (the benchmark's
+    naive reference uses it)."""
+    from anomaly_assets.core.detector import _model_frame
+
+    model, features = fleet.model, fleet.scored_features
+    values = _model_frame(features, model.spec, model.cohort_stats, model.baselines)[model.feature_columns]
+    expected = np.where(np.isnan(values.to_numpy(dtype=np.float64)), model.medians[None, :], values.to_numpy(dtype=np.float64))
+    np.testing.assert_allclose(model.model_matrix(features), expected, rtol=1e-12, atol=1e-12)
