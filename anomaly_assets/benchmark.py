@@ -382,7 +382,8 @@ def format_report(report: BenchReport) -> str:
     lines += [
         f"naive reference end to end: {naive_rate:,.0f} rows/s",
         f"peak memory, all processes: fast {fast['peak_mb']:,.0f} MB with {fast['workers']} worker(s)"
-        f" ({single['peak_mb']:,.0f} MB with 1); naive {reference['peak_mb']:,.0f} MB",
+        + (f" ({single['peak_mb']:,.0f} MB with 1)" if fast is not single else "")
+        + f"; naive {reference['peak_mb']:,.0f} MB",
         f"training on 7 days ({report.training['training_rows']:,} rows): {report.training['training_seconds']:.1f} s",
     ]
     return "\n".join(lines)
