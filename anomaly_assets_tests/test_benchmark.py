@@ -4,6 +4,8 @@ benchmark, never asserted here."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -69,3 +71,15 @@ def test_report_lists_every_stage_against_the_reference(prepared):
     for stage in (*benchmark.STAGES, "end to end, 1 worker", "end to end, 2 workers", "peak memory"):
         assert stage in text
     assert 0 < reference["rows"] <= 10 * 288  # one chunk of devices (dropouts remove a few rows)
+
+
+def test_cli_bench_reports_one_and_two_worker_runs_as_json(capsys):
+    from anomaly_assets.cli import main
+
+    args = ["bench", "--devices", "40", "--chunk-devices", "20", "--reference-devices", "20", "--train-devices", "12"]
+    assert main([*args, "--workers", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["single"]["workers"] == 1 and report["fast"]["workers"] == 2
+    assert report["rows"] == report["single"]["rows"] == report["fast"]["rows"] > 39 * 288
+    assert report["reference"]["rows"] <= 20 * 288 and report["training"]["training_rows"] > 0
+    assert all(report["fast"]["seconds"][stage] > 0 for stage in benchmark.STAGES)
