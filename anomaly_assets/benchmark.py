@@ -102,7 +102,7 @@ def train(workdir: Path) -> dict:
 
 def _process_chunk(model: FleetAnomalyModel, contract, chunk: str, scored_path: Path) -> tuple[dict, int, pd.DataFrame, pd.DataFrame]:
     """One chunk of devices through the partition path, up to the results-database write."""
-    from anomaly_assets.core.features import build_device_features
+    from anomaly_assets.core.features import build_daily_features
     from anomaly_assets.core.scoring import daily_device_summary
     from anomaly_assets.core.validation import validate_telemetry
 
@@ -111,7 +111,7 @@ def _process_chunk(model: FleetAnomalyModel, contract, chunk: str, scored_path: 
     seconds = dict.fromkeys(STAGES, 0.0)
 
     clock = time.perf_counter()
-    frame = pd.read_parquet(chunk, filters=[("timestamp", ">=", day_start - spec.lookback)])  # day + lookback
+    frame = pd.read_parquet(chunk)  # the day and the day before, as the asset's partition mapping loads them
     seconds["read"] = time.perf_counter() - clock
     day_mask = frame["timestamp"] >= day_start
 
@@ -123,7 +123,7 @@ def _process_chunk(model: FleetAnomalyModel, contract, chunk: str, scored_path: 
     clock = time.perf_counter()
     telemetry = pd.concat([frame.loc[~day_mask], validated])
     del frame, validated  # free each frame as soon as the next stage has what it needs: peak memory
-    features = build_device_features(telemetry, spec, keep_from=day_start)
+    features = build_daily_features(telemetry, spec, [day_start])  # what the device_features asset calls
     del telemetry
     seconds["features"] = time.perf_counter() - clock
 
@@ -151,7 +151,7 @@ def _process_chunk(model: FleetAnomalyModel, contract, chunk: str, scored_path: 
 
 def _warm_up(model: FleetAnomalyModel, contract, chunk: str) -> None:
     """Process start-up, not throughput: the GX context, the compiled kernels, the first pandas calls."""
-    from anomaly_assets.core.features import build_device_features
+    from anomaly_assets.core.features import build_daily_features
     from anomaly_assets.core.scoring import daily_device_summary
     from anomaly_assets.core.validation import validate_telemetry
 
@@ -160,7 +160,7 @@ def _warm_up(model: FleetAnomalyModel, contract, chunk: str) -> None:
     day_start = pd.Timestamp(DAY, tz="UTC")
     day = frame["timestamp"] >= day_start
     validated = validate_telemetry(frame.loc[day], contract, day_start, day_start + pd.Timedelta(days=1)).valid
-    features = build_device_features(pd.concat([frame.loc[~day], validated]), model.spec, keep_from=day_start)
+    features = build_daily_features(pd.concat([frame.loc[~day], validated]), model.spec, [day_start])
     matrix = model.model_matrix(features)
     daily_device_summary(model.score_from(features, matrix, model.raw_scores(matrix)).assign(
         model_name="bench", model_version="1", partition_date=DAY.isoformat()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from anomaly_assets import benchmark
-from anomaly_assets.core.features import build_device_features
+from anomaly_assets.core.features import build_daily_features
 from anomaly_assets.core.validation import validate_telemetry
 
 
@@ -36,7 +36,7 @@ def test_two_workers_persist_what_one_shot_scoring_gives(prepared):
         frame = pd.read_parquet(chunk)
         day = frame["timestamp"] >= day_start
         valid = validate_telemetry(frame.loc[day], benchmark._contract(), day_start, day_start + pd.Timedelta(days=1)).valid
-        features = build_device_features(pd.concat([frame.loc[~day], valid]), model.spec, keep_from=day_start)
+        features = build_daily_features(pd.concat([frame.loc[~day], valid]), model.spec, [day_start])
         expected.append(model.score(features))
     expected = pd.concat(expected, ignore_index=True)
     assert out["rows"] == len(expected) > 29 * 288  # 30 devices, a few rows lost to dropouts

@@ -64,22 +64,41 @@ def test_day_by_day_with_lookback_equals_concatenated(three_days, day_index):
 
 
 def test_daily_features_need_only_the_lookback_and_are_bit_identical(three_days):
-    """A day's features read the longest window before it and nothing earlier: with the whole
-    previous day, or two of them, at hand they are the same to the last bit, and they equal
-    features computed on the concatenated days."""
+    """A day's features read the longest window before it (and, for a device silent through it,
+    its last earlier row): with more history at hand they are the same to the last bit, and they
+    equal features computed on the concatenated days."""
     days, telemetry = three_days
     day = pd.Timestamp(days[2], tz="UTC")
     assert SPEC.lookback == pd.Timedelta("6h")
-    from_lookback = telemetry.loc[telemetry["timestamp"] >= day - SPEC.lookback]
-    trimmed = build_daily_features(from_lookback, SPEC, [day])
-    pd.testing.assert_frame_equal(build_daily_features(telemetry, SPEC, [day]), trimmed, check_exact=True)
+    previous_day = telemetry.loc[telemetry["timestamp"] >= day - pd.Timedelta(days=1)]
+    daily = build_daily_features(previous_day, SPEC, [day])
+    # All three days at hand, in another row order: still the same bits.
+    shuffled = telemetry.sample(frac=1.0, random_state=3)
+    pd.testing.assert_frame_equal(build_daily_features(shuffled, SPEC, [day]), daily, check_exact=True)
     everything = build_device_features(telemetry, SPEC)
     expected = everything.loc[everything["timestamp"] >= day].reset_index(drop=True)
-    assert_features_close(trimmed, expected, SPEC.device_feature_columns())
+    assert_features_close(daily, expected, SPEC.device_feature_columns())
     # Less than the lookback is not enough: the 6h windows of the first rows change.
-    short = build_daily_features(telemetry.loc[telemetry["timestamp"] >= day - pd.Timedelta("3h")], SPEC, [day])
+    short = build_device_features(telemetry.loc[telemetry["timestamp"] >= day - pd.Timedelta("3h")], SPEC, keep_from=day)
     with pytest.raises(AssertionError):
         assert_features_close(short, expected, ["cpu_util_pct__std_6h"])
+
+
+def test_delta_and_gap_reach_back_over_a_silence_longer_than_the_lookback(three_days):
+    days, telemetry = three_days
+    day = pd.Timestamp(days[2], tz="UTC")
+    device = telemetry["device_id"].iloc[0]
+    silent = (telemetry["device_id"] == device) & telemetry["timestamp"].between(
+        day - pd.Timedelta("7h"), day + pd.Timedelta("3h"), inclusive="left"
+    )  # silent from 17:00 to 03:00: through the whole 6h lookback
+    gappy = telemetry.loc[~silent]
+    daily = build_daily_features(gappy, SPEC, [day])
+    first = daily.loc[daily["device_id"] == device].iloc[0]
+    assert first["timestamp"] == day + pd.Timedelta("3h")
+    assert first["gap_minutes"] == pytest.approx(10 * 60 + 5)  # from the last sample at 16:55
+    everything = build_device_features(gappy, SPEC)
+    expected = everything.loc[everything["timestamp"] >= day].reset_index(drop=True)
+    assert_features_close(daily, expected, SPEC.device_feature_columns())
 
 
 def test_without_lookback_the_first_hour_differs(three_days):

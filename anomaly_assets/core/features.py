@@ -225,19 +225,40 @@ def _window_sum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 
 def build_daily_features(telemetry: pd.DataFrame, spec: FeatureSpec, day_starts: list[pd.Timestamp]) -> pd.DataFrame:
-    """Features of each day from that day plus the ``spec.lookback`` before it, and nothing else.
+    """Features of each day from that day plus its lookback, and nothing else.
 
-    A day's features are then bit-for-bit the same whether it is built alone or within a
-    multi-day backfill, however much of the previous day is at hand, so re-scoring a partition
-    reproduces its scores exactly. (A delta or gap reaching back further than the lookback, after
-    a device was silent that long, is NaN, as for a device's first row.)
+    The lookback is the ``spec.lookback`` (the longest window) before the day, plus, for a device
+    with no row in it, its last row of the day before: deltas and sampling gaps reach back to the
+    previous row however old, as they do within a day. A day's features are then bit-for-bit the
+    same whether it is built alone or within a multi-day backfill, however much earlier data is at
+    hand, so re-scoring a partition reproduces its scores exactly.
     """
     stamps = telemetry["timestamp"]
     parts = []
     for day in day_starts:
-        rows = telemetry.loc[(stamps >= day - spec.lookback) & (stamps < day + pd.Timedelta(days=1))]
+        rows = telemetry.loc[_lookback_and_day(telemetry, stamps, day, spec.lookback)]
         if (rows["timestamp"] >= day).any():
             parts.append(build_device_features(rows, spec, keep_from=day))
     if not parts:
         return build_device_features(telemetry.iloc[0:0], spec)
     return pd.concat(parts, ignore_index=True)
+
+
+def _lookback_and_day(telemetry: pd.DataFrame, stamps: pd.Series, day: pd.Timestamp, lookback: pd.Timedelta) -> np.ndarray:
+    """Row mask: the day, its lookback, and the last earlier row (within a day) of each device
+    that has no row in the lookback. That extra row lies more than the lookback before the day, so
+    no kept row's window reaches it; it only gives the day's first row its delta and gap."""
+    start = day - lookback
+    mask = ((stamps >= start) & (stamps < day + pd.Timedelta(days=1))).to_numpy(copy=True)
+    earlier = ((stamps >= day - pd.Timedelta(days=1)) & (stamps < start)).to_numpy()
+    if earlier.any():
+        devices = telemetry["device_id"]
+        in_lookback = devices.loc[(stamps >= start).to_numpy() & (stamps < day).to_numpy()].unique()
+        positions = np.flatnonzero(earlier & ~devices.isin(in_lookback).to_numpy())
+        if len(positions):
+            candidates = pd.DataFrame(
+                {"device": devices.to_numpy()[positions], "time": stamps.to_numpy()[positions], "position": positions}
+            )
+            last = candidates.sort_values(["device", "time"], kind="stable").drop_duplicates("device", keep="last")
+            mask[last["position"].to_numpy()] = True
+    return mask
