@@ -269,9 +269,9 @@ def evaluate(
     labelled = test["label"].notna().to_numpy()
     devices = test["device_id"].to_numpy()
     summary, macro, rows = {}, {}, []
-    for method in METHODS:
-        mask = labelled
-        summary[method] = score_metrics(
+
+    def metrics_on(method: str, mask: np.ndarray) -> dict:
+        return score_metrics(
             test.loc[mask, "label"].to_numpy(dtype=bool),
             results[method][mask],
             flags[method][mask],
@@ -279,17 +279,11 @@ def evaluate(
             test.loc[mask, "timestamp"].reset_index(drop=True),
             config.best_threshold_candidates,
         )
+
+    for method in METHODS:
+        summary[method] = metrics_on(method, labelled)
         for device in np.unique(devices):
-            m = mask & (devices == device)
-            row = score_metrics(
-                test.loc[m, "label"].to_numpy(dtype=bool),
-                results[method][m],
-                flags[method][m],
-                devices[m],
-                test.loc[m, "timestamp"].reset_index(drop=True),
-                config.best_threshold_candidates,
-            )
-            rows.append({"device_id": device, "method": method, **row})
+            rows.append({"device_id": device, "method": method, **metrics_on(method, labelled & (devices == device))})
         per_method = pd.DataFrame([r for r in rows if r["method"] == method])
         macro[method] = {
             k: float(per_method[k].mean())
