@@ -149,29 +149,23 @@ def _process_chunk(model: FleetAnomalyModel, contract, chunk: str, scored_path: 
     return seconds, rows, events, summary
 
 
-def _warm_up(model: FleetAnomalyModel, contract, chunk: str) -> None:
-    """Process start-up, not throughput: the GX context, the compiled kernels, the first pandas calls."""
-    from anomaly_assets.core.features import build_daily_features
-    from anomaly_assets.core.scoring import daily_device_summary
-    from anomaly_assets.core.validation import validate_telemetry
-
+def _warm_up(model: FleetAnomalyModel, contract, chunk: str, workdir: Path) -> None:
+    """Process start-up, not throughput: the chunk path once on both days of a few devices loads
+    the GX context, the compiled kernels and pandas' first calls."""
+    few = workdir / f"warm-up-{os.getpid()}.parquet"
     frame = pd.read_parquet(chunk)
-    frame = frame.loc[frame["device_id"].isin(frame["device_id"].unique()[:20])]  # both days of a few devices
-    day_start = pd.Timestamp(DAY, tz="UTC")
-    day = frame["timestamp"] >= day_start
-    validated = validate_telemetry(frame.loc[day], contract, day_start, day_start + pd.Timedelta(days=1)).valid
-    features = build_daily_features(pd.concat([frame.loc[~day], validated]), model.spec, [day_start])
-    matrix = model.model_matrix(features)
-    daily_device_summary(model.score_from(features, matrix, model.raw_scores(matrix)).assign(
-        model_name="bench", model_version="1", partition_date=DAY.isoformat()
-    ))
+    frame.loc[frame["device_id"].isin(frame["device_id"].unique()[:20])].to_parquet(few, index=False)
+    scored = few.with_suffix(".scored.parquet")
+    _process_chunk(model, contract, str(few), scored)
+    few.unlink()
+    scored.unlink()
 
 
 def _worker(workdir: str, chunks: list[str], tasks, results, go) -> None:
     """A worker process: warm up, say so, wait for the start, then take chunks until told to stop."""
     model: FleetAnomalyModel = pd.read_pickle(Path(workdir) / "model.pkl")
     contract = _contract()
-    _warm_up(model, contract, chunks[0])
+    _warm_up(model, contract, chunks[0], Path(workdir))
     results.put(("ready", None))
     go.wait()
     while (index := tasks.get()) is not None:

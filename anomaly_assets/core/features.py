@@ -249,11 +249,12 @@ def _lookback_and_day(telemetry: pd.DataFrame, stamps: pd.Series, day: pd.Timest
     that has no row in the lookback. That extra row lies more than the lookback before the day, so
     no kept row's window reaches it; it only gives the day's first row its delta and gap."""
     start = day - lookback
-    mask = ((stamps >= start) & (stamps < day + pd.Timedelta(days=1))).to_numpy(copy=True)
-    earlier = ((stamps >= day - pd.Timedelta(days=1)) & (stamps < start)).to_numpy()
+    from_start = (stamps >= start).to_numpy()
+    mask = from_start & (stamps < day + pd.Timedelta(days=1)).to_numpy()
+    earlier = ~from_start & (stamps >= day - pd.Timedelta(days=1)).to_numpy()
     if earlier.any():
         devices = telemetry["device_id"]
-        in_lookback = devices.loc[(stamps >= start).to_numpy() & (stamps < day).to_numpy()].unique()
+        in_lookback = devices.loc[from_start & (stamps < day).to_numpy()].unique()
         positions = np.flatnonzero(earlier & ~devices.isin(in_lookback).to_numpy())
         if len(positions):
             candidates = pd.DataFrame(

@@ -261,13 +261,11 @@ def _executemany(connection: sa.Connection, table: sa.Table, frame: pd.DataFrame
             # The same text SQLite's DATETIME processor writes (the wall-clock fields), vectorized.
             wall = column.dt.tz_localize(None) if getattr(column.dtype, "tz", None) else column
             text = np.char.replace(np.datetime_as_string(wall.to_numpy(dtype="datetime64[us]"), unit="us"), "T", " ")
-            values = text.astype(object)
-            values[column.isna().to_numpy()] = None
-            columns.append(values.tolist())
-            continue
-        values = column.to_numpy(dtype=object, copy=True)  # Python scalars; Timestamps are datetimes
+            values, processor = text.astype(object), None
+        else:
+            values = column.to_numpy(dtype=object, copy=True)  # Python scalars; Timestamps are datetimes
+            processor = impl.bind_processor(dialect)
         values[column.isna().to_numpy()] = None
-        processor = impl.bind_processor(dialect)
         columns.append([processor(v) for v in values] if processor else values.tolist())
     rows = list(zip(*columns, strict=True))
     if not dialect.positional:
