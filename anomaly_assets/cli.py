@@ -23,6 +23,7 @@ def _demo(args: argparse.Namespace) -> int:
         fleet_devices=args.devices,
         fleet_seed=args.seed,
         fleet_shift_offset_days=args.fleet_shift_day,
+        devices_per_chunk=base.devices_per_chunk,
     )
     quiet = args.json
     for noisy in ("mlflow", "alembic", "dagster"):

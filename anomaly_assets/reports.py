@@ -61,10 +61,17 @@ def feature_contribution_chart(contributions: pd.DataFrame) -> plt.Figure:
     return figure
 
 
-def anomalies_over_time(scored: pd.DataFrame, freq: str = "1h") -> plt.Figure:
-    """Flagged share per cohort per hour: a cohort-wide regression stands out as one line."""
-    frame = scored.assign(bucket=scored["timestamp"].dt.floor(freq))
-    share = frame.groupby(["bucket", "cohort"])["is_anomaly"].mean().unstack("cohort").fillna(0.0)
+def flagged_per_hour(scored: pd.DataFrame, freq: str = "1h") -> pd.DataFrame:
+    """Rows and flagged rows per (hour, cohort): summable over chunks of devices."""
+    frame = scored.assign(bucket=scored["timestamp"].dt.floor(freq), flagged=scored["is_anomaly"].astype("int64"))
+    return frame.groupby(["bucket", "cohort"]).agg(rows=("flagged", "size"), flagged=("flagged", "sum")).reset_index()
+
+
+def anomalies_over_time(counts: pd.DataFrame) -> plt.Figure:
+    """Flagged share per cohort per hour (from ``flagged_per_hour``): a cohort-wide regression
+    stands out as one line."""
+    counts = counts.groupby(["bucket", "cohort"])[["rows", "flagged"]].sum()
+    share = (counts["flagged"] / counts["rows"]).unstack("cohort").fillna(0.0)
     figure, axis = plt.subplots(figsize=(10, 4))
     for cohort in share.columns:
         axis.plot(share.index, share[cohort], label=cohort, linewidth=1)

@@ -30,6 +30,9 @@ class Settings:
     drift_min_features: int = 3  # K: drifted features that make a partition drifted
     drift_consecutive_partitions: int = 2  # M: drifted partitions in a row that request retraining
     drift_sensor_interval_seconds: int = 300
+    # Devices per chunk of the partition path (validated_telemetry, device_features,
+    # scored_anomalies, feature_drift): their memory depends on it, not on the fleet's size.
+    devices_per_chunk: int = 2_000
     # How a run's steps execute: one machine (multiprocess), or Celery workers on a Redis broker
     # (ANOMALY_ASSETS_CELERY_BROKER) that share ANOMALY_ASSETS_STORAGE_PATH.
     executor: str = "multiprocess"
@@ -55,6 +58,8 @@ class Settings:
             raise ValueError(f"ANOMALY_ASSETS_EXECUTOR must be one of {EXECUTORS}, got {self.executor!r}")
         if self.training_days < 2:
             raise ValueError(f"training_days must be at least 2 (fit + validation), got {self.training_days}")
+        if self.devices_per_chunk < 1:
+            raise ValueError(f"ANOMALY_ASSETS_DEVICES_PER_CHUNK must be at least 1, got {self.devices_per_chunk}")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -79,6 +84,7 @@ class Settings:
             drift_sensor_interval_seconds=int(
                 env.get("ANOMALY_ASSETS_DRIFT_SENSOR_INTERVAL_SECONDS", defaults.drift_sensor_interval_seconds)
             ),
+            devices_per_chunk=int(env.get("ANOMALY_ASSETS_DEVICES_PER_CHUNK", defaults.devices_per_chunk)),
             executor=env.get("ANOMALY_ASSETS_EXECUTOR", defaults.executor),
             source=env.get("ANOMALY_ASSETS_SOURCE", defaults.source) or defaults.source,
             source_table=env.get("ANOMALY_ASSETS_SOURCE_TABLE", ""),
@@ -134,6 +140,7 @@ def export_to_environment(settings: Settings) -> None:
             "ANOMALY_ASSETS_TRAINING_DAYS": str(settings.training_days),
             "ANOMALY_ASSETS_FLEET_DEVICES": str(settings.fleet_devices),
             "ANOMALY_ASSETS_FLEET_SEED": str(settings.fleet_seed),
+            "ANOMALY_ASSETS_DEVICES_PER_CHUNK": str(settings.devices_per_chunk),
             "ANOMALY_ASSETS_FLEET_SHIFT_OFFSET_DAYS": (
                 "" if settings.fleet_shift_offset_days is None else str(settings.fleet_shift_offset_days)
             ),

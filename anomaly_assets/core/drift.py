@@ -55,24 +55,64 @@ def feature_drift(
     reference: DriftReference, current: pd.DataFrame, psi_threshold: float = 0.2, sample_size: int = 5000, seed: int = 0
 ) -> pd.DataFrame:
     """One row per reference feature, most drifted first; ``drifted`` when PSI >= the threshold."""
-    missing = [f for f in reference.features if f not in current]
-    if missing:
-        raise KeyError(f"current frame lacks drift-monitored features: {missing}")
-    values = current[reference.features].to_numpy(dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    take = rng.choice(len(values), size=min(sample_size, len(values)), replace=False)
-    rows = []
-    for j, feature in enumerate(reference.features):
-        column = values[:, j][np.isfinite(values[:, j])]
-        expected = np.clip(reference.proportions[j], 1e-4, None)
-        actual = np.clip(_proportions(column, reference.edges[j]), 1e-4, None)
-        psi = float(np.sum((actual - expected) * np.log(actual / expected)))
-        ref_sample = reference.sample[:, j][np.isfinite(reference.sample[:, j])]
-        cur_sample = values[take, j][np.isfinite(values[take, j])]
-        ks = float(ks_2samp(ref_sample, cur_sample).statistic) if len(ref_sample) and len(cur_sample) else 0.0
-        rows.append((feature, psi, ks, float(reference.medians[j]), float(np.median(column)) if len(column) else np.nan, psi >= psi_threshold))
-    table = pd.DataFrame(rows, columns=list(DRIFT_COLUMNS))
-    return table.sort_values("psi", ascending=False, ignore_index=True)
+    accumulator = CurrentDistribution(reference, keep_rows=max(len(current), 1))
+    accumulator.add(current)
+    return accumulator.drift(psi_threshold, sample_size, seed)
+
+
+class CurrentDistribution:
+    """The current side of ``feature_drift``, fed a chunk of rows at a time.
+
+    PSI's bin counts are exact over every row. The KS statistic and the current median come from
+    a uniform sample of at most ``keep_rows`` rows, which is every row (and so exact) for a
+    partition up to that size: memory stays bounded for any fleet.
+    """
+
+    def __init__(self, reference: DriftReference, keep_rows: int = 200_000, seed: int = 0):
+        self.reference = reference
+        self.keep_rows = keep_rows
+        self.rows = 0
+        self.counts = [np.zeros(len(edges) - 1, dtype=np.int64) for edges in reference.edges]
+        self._kept = np.empty((0, len(reference.features)))
+        self._priority = np.empty(0)
+        self._rng = np.random.default_rng([seed, 1])  # its own stream: the KS sample's stays as before
+
+    def add(self, current: pd.DataFrame) -> None:
+        missing = [f for f in self.reference.features if f not in current]
+        if missing:
+            raise KeyError(f"current frame lacks drift-monitored features: {missing}")
+        values = current[self.reference.features].to_numpy(dtype=np.float64)
+        for j, edges in enumerate(self.reference.edges):
+            column = values[:, j][np.isfinite(values[:, j])]
+            self.counts[j] += np.bincount(np.searchsorted(edges[1:-1], column, side="left"), minlength=len(edges) - 1)
+        self.rows += len(values)
+        # A uniform sample without replacement: the rows with the smallest random priorities,
+        # kept in arrival order.
+        kept = np.concatenate([self._kept, values])
+        priority = np.concatenate([self._priority, self._rng.random(len(values))])
+        if len(kept) > self.keep_rows:
+            chosen = np.sort(np.argpartition(priority, self.keep_rows)[: self.keep_rows])
+            kept, priority = kept[chosen], priority[chosen]
+        self._kept, self._priority = kept, priority
+
+    def drift(self, psi_threshold: float = 0.2, sample_size: int = 5000, seed: int = 0) -> pd.DataFrame:
+        reference, values = self.reference, self._kept
+        rng = np.random.default_rng(seed)
+        take = rng.choice(len(values), size=min(sample_size, len(values)), replace=False)
+        rows = []
+        for j, feature in enumerate(reference.features):
+            counts = self.counts[j]
+            expected = np.clip(reference.proportions[j], 1e-4, None)
+            actual = np.clip(counts / max(int(counts.sum()), 1), 1e-4, None)
+            psi = float(np.sum((actual - expected) * np.log(actual / expected)))
+            ref_sample = reference.sample[:, j][np.isfinite(reference.sample[:, j])]
+            cur_sample = values[take, j][np.isfinite(values[take, j])]
+            ks = float(ks_2samp(ref_sample, cur_sample).statistic) if len(ref_sample) and len(cur_sample) else 0.0
+            column = values[:, j][np.isfinite(values[:, j])]
+            median = float(np.median(column)) if len(column) else np.nan
+            rows.append((feature, psi, ks, float(reference.medians[j]), median, psi >= psi_threshold))
+        table = pd.DataFrame(rows, columns=list(DRIFT_COLUMNS))
+        return table.sort_values("psi", ascending=False, ignore_index=True)
 
 
 def drift_streak_end(drifted_counts: dict[str, int], min_features: int, consecutive: int) -> str | None:

@@ -60,3 +60,14 @@ def partition_metadata(
     for key in keys:
         context.add_asset_metadata(describe(frame.loc[days == key]), partition_key=key)
     return {}
+
+
+def spool_metadata(context: dg.AssetExecutionContext, by_partition: dict[str, dict]) -> dict:
+    """``partition_metadata`` for an output built a chunk at a time: each partition's metadata,
+    computed from its accumulated figures, returned for one partition or attached for a range."""
+    keys = context.partition_keys
+    if len(keys) == 1:
+        return by_partition[keys[0]]
+    for key in keys:
+        context.add_asset_metadata(by_partition[key], partition_key=key)
+    return {}

@@ -25,10 +25,12 @@ def build_resources(settings: Settings) -> dict[str, object]:
     if settings.environment == "production":
         return {
             "telemetry_source": telemetry_source,
-        "inventory_source": inventory_source,
+            "inventory_source": inventory_source,
             "results_store": ResultsStore(url=dg.EnvVar("ANOMALY_ASSETS_RESULTS_URL")),
             "model_registry": MlflowModelRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
-            "io_manager": PartitionedParquetIOManager(base_path=dg.EnvVar("ANOMALY_ASSETS_STORAGE_PATH")),
+            "io_manager": PartitionedParquetIOManager(
+                base_path=dg.EnvVar("ANOMALY_ASSETS_STORAGE_PATH"), devices_per_chunk=settings.devices_per_chunk
+            ),
             "alert_router": AlertRouter.from_env(),  # ANOMALY_ASSETS_ALERT_CHANNELS, DAGSTER_UI_URL
         }
     for directory in (settings.home, settings.mlflow_dir, settings.parquet_dir):
@@ -40,6 +42,8 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "model_registry": MlflowModelRegistry(
             tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifact_location
         ),
-        "io_manager": PartitionedParquetIOManager(base_path=str(settings.parquet_dir)),
+        "io_manager": PartitionedParquetIOManager(
+            base_path=str(settings.parquet_dir), devices_per_chunk=settings.devices_per_chunk
+        ),
         "alert_router": AlertRouter.from_env(),  # ANOMALY_ASSETS_ALERT_CHANNELS, DAGSTER_UI_URL
     }

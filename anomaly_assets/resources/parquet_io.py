@@ -7,29 +7,239 @@ A run may cover several partitions (a single-run backfill): outputs are split by
 their ``timestamp`` column, and inputs spanning several partitions are concatenated. On a local
 path each file is written to a temporary name and renamed; on an object store a PUT is atomic by
 itself. Either way a failed write never leaves a half-written partition.
+
+Fleet-sized partitions never need to be in memory at once:
+
+- an asset returns a :class:`PartitionSpool` it filled a chunk of devices at a time; the IO
+  manager moves its files into place, one row group per chunk, grouped by device;
+- an input annotated :class:`DeviceChunks` is read a chunk of whole devices at a time, and
+  parquet's row-group statistics let each chunk read only its own row groups.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
+from collections.abc import Iterator, Sequence
 
 import dagster as dg
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from upath import UPath
 
 ALLOW_MISSING_PARTITIONS = "allow_missing_partitions"  # AssetIn metadata: optional lookback input
+DEVICE_COLUMN = "device_id"
+PREVIEW_ROWS = 10
+DEFAULT_DEVICES_PER_CHUNK = 2_000  # ~576k rows of 5-minute telemetry a day: a few hundred MB of features
+
+
+def day_keys(frame: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
+    """The partition key of each row: the UTC day of its ``timestamp``. A row dated outside the
+    run's days (or undated) is kept with the first day, where validation quarantines it: nothing
+    a source delivered is dropped."""
+    days = pd.to_datetime(frame["timestamp"], utc=True, errors="coerce").dt.strftime("%Y-%m-%d")
+    return days.where(days.isin(keys), keys[0])
+
+
+def group_by_device(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows grouped by device id, ascending (rows without one first), each device's rows in
+    their delivered order: the layout :class:`DeviceChunks` reads a chunk at a time."""
+    if DEVICE_COLUMN not in frame or frame[DEVICE_COLUMN].is_monotonic_increasing:
+        return frame
+    try:
+        codes, _ = pd.factorize(frame[DEVICE_COLUMN], sort=True)
+    except TypeError:  # ids of mixed, unorderable types: validation names the problem
+        return frame
+    return frame.take(np.argsort(codes, kind="stable")).reset_index(drop=True)
+
+
+class DeviceChunks:
+    """The rows of one or more stored partitions, read a chunk of whole devices at a time.
+
+    Chunks are half-open ranges of ``device_id`` over every file, so each device's rows of all
+    the partitions (a day and its lookback day, say) are in exactly one chunk; rows without a
+    device id go with the first chunk. Files a chunked asset wrote are grouped by device, and
+    parquet's row-group statistics then let a chunk read only its own row groups; any other file
+    is still read correctly, only with more IO.
+    """
+
+    def __init__(self, paths: Sequence[UPath], devices_per_chunk: int = DEFAULT_DEVICES_PER_CHUNK):
+        if devices_per_chunk < 1:
+            raise ValueError(f"devices_per_chunk must be at least 1, got {devices_per_chunk}")
+        self.paths = list(paths)
+        self.devices_per_chunk = devices_per_chunk
+
+    @property
+    def rows(self) -> int:
+        """Rows over all the files, from their footers (nothing is read)."""
+        total = 0
+        for path in self.paths:
+            with path.open("rb") as handle:
+                total += pq.ParquetFile(handle).metadata.num_rows
+        return total
+
+    def frame(self) -> pd.DataFrame:
+        """Every row at once."""
+        frames = [_read(path) for path in self.paths]
+        if not frames:
+            return pd.DataFrame()
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+    def boundaries(self) -> list:
+        """The first device id of each chunk, ascending; empty when there is nothing to chunk by
+        (no rows, or no device id column: one chunk then holds every row)."""
+        devices = None
+        for path in self.paths:
+            with path.open("rb") as handle:
+                file = pq.ParquetFile(handle)
+                if DEVICE_COLUMN not in file.schema_arrow.names:
+                    return []
+                column = file.read(columns=[DEVICE_COLUMN]).column(0)
+            if pa.types.is_null(column.type):
+                continue
+            unique = pc.unique(column.combine_chunks().drop_null())
+            devices = unique if devices is None else pc.unique(pa.concat_arrays([devices, unique.cast(devices.type)]))
+        if devices is None or not len(devices):
+            return []
+        ordered = pc.array_sort_indices(devices)
+        return devices.take(ordered)[:: self.devices_per_chunk].to_pylist()
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        if not self.paths:
+            return
+        bounds = self.boundaries()
+        if len(bounds) <= 1:
+            yield self.frame()
+            return
+        device = ds.field(DEVICE_COLUMN)
+        for index, low in enumerate(bounds):
+            high = bounds[index + 1] if index + 1 < len(bounds) else None
+            if index == 0:
+                condition = (device < high) | device.is_null()
+            elif high is None:
+                condition = device >= low
+            else:
+                condition = (device >= low) & (device < high)
+            frames = [_read(path, condition) for path in self.paths]
+            yield pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+class PartitionSpool:
+    """An asset's output for the run's partitions, appended a chunk at a time to one temporary
+    parquet file per partition (one row group per chunk), so it is never in memory at once.
+    Return it from the asset; the IO manager moves the files into place, or, if the run fails
+    first, nothing of it is ever visible."""
+
+    def __init__(self, partition_keys: Sequence[str] | None):
+        self.keys = list(partition_keys or [None])
+        self.rows = 0
+        self.rows_by_key: dict[str | None, int] = dict.fromkeys(self.keys, 0)
+        self.heads: dict[str | None, pd.DataFrame] = {}  # each partition's first rows, for previews
+        self._directory = tempfile.mkdtemp(prefix="anomaly_assets_spool_")
+        self._writers: dict[str | None, pq.ParquetWriter] = {}
+        self._schema: pa.Schema | None = None
+
+    def append(self, frame: pd.DataFrame) -> None:
+        if len(self.keys) == 1:
+            self._append(self.keys[0], frame)
+            return
+        days = day_keys(frame, self.keys)
+        for key in self.keys:
+            part = frame.loc[days == key]
+            if len(part):
+                self._append(key, part)
+
+    def _append(self, key: str | None, frame: pd.DataFrame) -> None:
+        if key not in self.heads:
+            self.heads[key] = frame.head(PREVIEW_ROWS).reset_index(drop=True)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if self._schema is None:
+            self._schema = table.schema
+        elif not table.schema.equals(self._schema, check_metadata=False):
+            try:
+                if any(pa.types.is_null(f.type) for f in self._schema):
+                    # A column that was all null so far now has values: widen what is written.
+                    self._widen(pa.unify_schemas([self._schema, table.schema], promote_options="permissive"))
+                table = table.cast(self._schema)  # e.g. a column that is all null in this chunk
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError) as error:
+                raise TypeError(
+                    f"rows {self.rows}+ of the output have columns typed differently from the first chunk's "
+                    f"({', '.join(f'{f.name}: {f.type}' for f in self._schema)}): {error}"
+                ) from error
+        if key not in self._writers:
+            self._writers[key] = pq.ParquetWriter(self._file(key), self._schema)
+        self._writers[key].write_table(table, row_group_size=max(len(table), 1))
+        self.rows += len(table)
+        self.rows_by_key[key] += len(table)
+
+    def _widen(self, schema: pa.Schema) -> None:
+        """Rewrite what is written so far with ``schema`` (rare: a column all null until now)."""
+        schema = schema.with_metadata(self._schema.metadata)
+        for key, writer in list(self._writers.items()):
+            writer.close()
+            narrow = self._file(key) + ".narrow"
+            os.replace(self._file(key), narrow)
+            self._writers[key] = pq.ParquetWriter(self._file(key), schema)
+            written = pq.ParquetFile(narrow)
+            for group in range(written.num_row_groups):
+                self._writers[key].write_table(written.read_row_group(group).cast(schema))
+            os.remove(narrow)
+        self._schema = schema
+
+    def _file(self, key: str | None) -> str:
+        return os.path.join(self._directory, f"{key or 'all'}.parquet")
+
+    def files(self) -> dict[str | None, str]:
+        """Close the writers; every partition's file (an empty one for a partition without rows)."""
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+        for key in self.keys:
+            if not os.path.exists(self._file(key)):
+                if self._schema is None:
+                    pd.DataFrame().to_parquet(self._file(key), index=False)
+                else:
+                    pq.write_table(self._schema.empty_table(), self._file(key))
+        return {key: self._file(key) for key in self.keys}
+
+    def read(self, key: str | None = None) -> pd.DataFrame:
+        """A partition's rows (for tests and small outputs)."""
+        return pd.read_parquet(self.files()[key if key is not None else self.keys[0]])
+
+    def discard(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+    def __del__(self) -> None:  # a run that failed before the IO manager took the files
+        if getattr(self, "_directory", None) and os.path.isdir(self._directory):
+            self.discard()
 
 
 class PartitionedParquetIOManager(dg.ConfigurableIOManager):
     base_path: str
+    devices_per_chunk: int = DEFAULT_DEVICES_PER_CHUNK  # inputs read as DeviceChunks
 
     def _path(self, asset_key: dg.AssetKey, partition_key: str | None) -> UPath:
         root = UPath(self.base_path).joinpath(*asset_key.path)
         return root / f"{partition_key}.parquet" if partition_key else root.with_suffix(".parquet")
 
-    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame | PartitionSpool) -> None:
         if obj is None:
+            return
+        if isinstance(obj, PartitionSpool):
+            try:
+                for key, file in obj.files().items():
+                    self._put(self._path(context.asset_key, key), file)
+            finally:
+                obj.discard()
             return
         if not context.has_asset_partitions:
             self._write(self._path(context.asset_key, None), obj)
@@ -38,23 +248,28 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         if len(keys) == 1:
             self._write(self._path(context.asset_key, keys[0]), obj)
             return
-        days = pd.to_datetime(obj["timestamp"], utc=True, errors="coerce").dt.strftime("%Y-%m-%d")
-        # A row dated outside the run's days (or undated) is kept with the first day, where
-        # validation quarantines it: nothing a source delivered is dropped here.
-        days = days.where(days.isin(keys), keys[0])
+        days = day_keys(obj, keys)
         for key in keys:
             self._write(self._path(context.asset_key, key), obj.loc[days == key].reset_index(drop=True))
 
-    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame | DeviceChunks:
+        chunked = _wants_chunks(context)
         asset_key = context.asset_key
         if not context.has_asset_partitions:
-            return self._read(self._path(asset_key, None))
+            paths = [self._path(asset_key, None)]
+        else:
+            paths = self._partition_paths(context)
+        chunks = DeviceChunks(paths, self.devices_per_chunk)
+        return chunks if chunked else chunks.frame()
+
+    def _partition_paths(self, context: dg.InputContext) -> list[UPath]:
+        asset_key = context.asset_key
         allow_missing = bool((context.definition_metadata or {}).get(ALLOW_MISSING_PARTITIONS))
-        frames = []
+        paths = []
         for key in context.asset_partition_keys:
             path = self._path(asset_key, key)
             if path.exists():
-                frames.append(self._read(path))
+                paths.append(path)
             elif not allow_missing:
                 raise FileNotFoundError(
                     f"partition {key} of {asset_key.to_user_string()} has not been materialized "
@@ -62,16 +277,9 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
                 )
             else:
                 context.log.warning(f"optional partition {key} of {asset_key.to_user_string()} is missing; continuing")
-        if not frames:
-            if allow_missing:
-                return pd.DataFrame()
+        if not paths and not allow_missing:
             raise FileNotFoundError(f"no partitions of {asset_key.to_user_string()} to load")
-        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-
-    @staticmethod
-    def _read(path: UPath) -> pd.DataFrame:
-        with path.open("rb") as handle:
-            return pd.read_parquet(handle)
+        return paths
 
     @staticmethod
     def _write(path: UPath, frame: pd.DataFrame) -> None:
@@ -87,3 +295,31 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         finally:
             if temporary.exists():
                 temporary.unlink()
+
+    @staticmethod
+    def _put(path: UPath, file: str) -> None:
+        """A finished local file into place: renamed on a local path, one upload on a store."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.protocol not in ("", "file", "local"):
+            with open(file, "rb") as source, path.open("wb") as target:
+                shutil.copyfileobj(source, target, length=16 << 20)
+            return
+        temporary = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex}")
+        try:
+            shutil.move(file, temporary.path)  # a rename on the same file system, else a copy
+            os.replace(temporary.path, path.path)
+        finally:
+            if temporary.exists():
+                temporary.unlink()
+
+
+def _wants_chunks(context: dg.InputContext) -> bool:
+    try:
+        return context.dagster_type.typing_type is DeviceChunks
+    except dg.DagsterInvariantViolationError:  # a context built by hand, without the input's type
+        return False
+
+
+def _read(path: UPath, condition: ds.Expression | None = None) -> pd.DataFrame:
+    with path.open("rb") as handle:
+        return pd.read_parquet(handle, filters=condition)

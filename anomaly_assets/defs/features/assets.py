@@ -8,12 +8,12 @@ from anomaly_assets.core.features import FeatureSpec, build_daily_features
 from anomaly_assets.defs.partitions import (
     daily_partitions,
     markdown_preview,
-    partition_metadata,
+    spool_metadata,
     partition_window,
     previous_day_lookback,
 )
 from anomaly_assets.resources import TelemetrySource
-from anomaly_assets.resources.parquet_io import ALLOW_MISSING_PARTITIONS
+from anomaly_assets.resources.parquet_io import ALLOW_MISSING_PARTITIONS, DeviceChunks, PartitionSpool
 
 
 def feature_spec(telemetry_source: TelemetrySource) -> FeatureSpec:
@@ -39,19 +39,31 @@ def feature_spec(telemetry_source: TelemetrySource) -> FeatureSpec:
     description="Per-device rolling features; windows continue across midnight by reading the previous day.",
 )
 def device_features(
-    context: dg.AssetExecutionContext, validated_telemetry: pd.DataFrame, telemetry_source: TelemetrySource
-) -> dg.Output[pd.DataFrame]:
+    context: dg.AssetExecutionContext, validated_telemetry: DeviceChunks, telemetry_source: TelemetrySource
+) -> dg.Output[PartitionSpool]:
     start, end = partition_window(context)
-    if validated_telemetry.empty or not (validated_telemetry["timestamp"] >= start).any():
-        raise dg.Failure(description=f"validated_telemetry has no rows in [{start}, {end}) to build features from")
-    lookback_rows = int((validated_telemetry["timestamp"] < start).sum())
     spec = feature_spec(telemetry_source)
-    features = build_daily_features(validated_telemetry, spec, list(pd.date_range(start, end, freq="D", inclusive="left")))
-    describe = lambda rows: {  # noqa: E731
-        "dagster/row_count": len(rows),
-        "feature_spec_hash": spec.hash,
-        "feature_columns": len(spec.device_feature_columns()),
-        "preview": markdown_preview(rows[["device_id", "timestamp", *spec.device_feature_columns()[:4]]]),
+    days = list(pd.date_range(start, end, freq="D", inclusive="left"))
+    spool = PartitionSpool(context.partition_keys)
+    lookback_rows = 0
+    # A chunk of whole devices at a time: each device's lookback rows come with its own.
+    for chunk in validated_telemetry:
+        in_run = (chunk["timestamp"] >= start) if "timestamp" in chunk else pd.Series(False, index=chunk.index)
+        lookback_rows += int((~in_run).sum())
+        if in_run.any():
+            spool.append(build_daily_features(chunk, spec, days))
+    if not spool.rows:
+        spool.discard()
+        raise dg.Failure(description=f"validated_telemetry has no rows in [{start}, {end}) to build features from")
+    preview_columns = ["device_id", "timestamp", *spec.device_feature_columns()[:4]]
+    metadata = {
+        key: {
+            "dagster/row_count": spool.rows_by_key[key],
+            "feature_spec_hash": spec.hash,
+            "feature_columns": len(spec.device_feature_columns()),
+            "preview": markdown_preview(spool.heads.get(key, pd.DataFrame(columns=preview_columns))[preview_columns]),
+        }
+        for key in spool.keys
     }
-    context.log.info(f"built features for {len(features)} rows with {lookback_rows} lookback rows")
-    return dg.Output(features, metadata=partition_metadata(context, features, describe))
+    context.log.info(f"built features for {spool.rows} rows with {lookback_rows} lookback rows")
+    return dg.Output(spool, metadata=spool_metadata(context, metadata))

@@ -7,6 +7,8 @@ uniqueness, ranges, counters) plus ``rows_accounted_for`` and the blocking
 downstream is built from it.
 """
 
+import dataclasses
+
 import dagster as dg
 import pandas as pd
 
@@ -28,6 +30,7 @@ from anomaly_assets.defs.partitions import (
 from anomaly_assets.core.inventory import join_inventory
 from anomaly_assets.defs.inventory.assets import read_inventory
 from anomaly_assets.resources import ResultsStore, TelemetrySource
+from anomaly_assets.resources.parquet_io import DeviceChunks, PartitionSpool, group_by_device
 from anomaly_assets.resources.sources import InventorySource
 from anomaly_assets.resources.results_store import quarantined_telemetry
 
@@ -72,6 +75,7 @@ def raw_telemetry(
     mixed = [c for c in frame.columns if frame[c].dtype == object and _mixed_types(frame[c])]
     if mixed:
         frame = frame.assign(**{c: frame[c].astype("str") for c in mixed})
+    frame = group_by_device(frame)
     describe = lambda rows: {  # noqa: E731
         "dagster/row_count": len(rows),
         "devices": int(rows["device_id"].nunique()) if "device_id" in rows else 0,
@@ -128,7 +132,7 @@ class ValidationConfig(dg.Config):
 def validated_telemetry(
     context: dg.AssetExecutionContext,
     config: ValidationConfig,
-    raw_telemetry: pd.DataFrame,
+    raw_telemetry: DeviceChunks,
     telemetry_source: TelemetrySource,
     results_store: ResultsStore,
 ):
@@ -136,32 +140,33 @@ def validated_telemetry(
     contract = telemetry_source.contract()
     source = telemetry_source.describe()
     days = days_in(start, end)
-    # One validation per partition day. Rows whose timestamp lies outside the run's window (or
-    # is unreadable) are validated with the first day, where they are quarantined, never lost.
+    # One validation per partition day and chunk of devices (the contract's rules are per row or
+    # per device, so a chunk of whole devices is validated exactly as the whole day would be).
+    # Rows whose timestamp lies outside the run's window (or is unreadable) are validated with
+    # the first day, where they are quarantined, never lost.
     day_starts = pd.DatetimeIndex(pd.to_datetime(days)).tz_localize("UTC")
-    frames = _split_by_day(raw_telemetry, day_starts, start, end)
-
-    empty = [day for day, frame in zip(days, frames, strict=True) if frame.empty]
-    if empty and not config.allow_empty_partition:
-        raise dg.Failure(
-            description=f"{source} returned no rows for {', '.join(empty)} "
-            f"(window [{start.isoformat()}, {end.isoformat()})). Nothing downstream is built for it. "
-            "If an empty day is expected, materialize with the config "
-            "{ops: {validated_telemetry: {config: {allow_empty_partition: true}}}}.",
-            metadata={"source": source, "empty_partitions": dg.MetadataValue.json(empty)},
-        )
-
-    results: dict[str, ValidationResult] = {}
+    spool = PartitionSpool(context.partition_keys)
+    parts: dict[str, list[tuple[int, ValidationResult]]] = {}  # per day: (valid rows, result without them)
     broken: dict[str, SchemaError] = {}
-    for day, day_start, frame in zip(days, day_starts, frames, strict=True):
-        if frame.empty:
-            continue
-        try:
-            results[day] = validate_telemetry(frame, contract, day_start, day_start + pd.Timedelta(days=1))
-        except SchemaError as error:
-            broken[day] = error
+    total = 0
+    for chunk in raw_telemetry:
+        total += len(chunk)
+        for day, day_start, frame in zip(days, day_starts, _split_by_day(chunk, day_starts, start, end), strict=True):
+            if frame.empty:
+                continue
+            try:
+                result = validate_telemetry(frame, contract, day_start, day_start + pd.Timedelta(days=1))
+            except SchemaError as error:
+                broken.setdefault(day, error)
+                continue
+            spool.append(result.valid)
+            parts.setdefault(day, []).append((len(result.valid), dataclasses.replace(result, valid=result.valid.iloc[0:0])))
+        if broken:  # the schema is the same in every chunk: the first broken one says it all
+            break
+    results = {day: DayValidation.of(day_parts) for day, day_parts in parts.items()}
 
     if broken:
+        spool.discard()
         yield from _schema_broken_checks(broken)
         first_day, first_error = next(iter(broken.items()))
         raise dg.Failure(
@@ -174,29 +179,40 @@ def validated_telemetry(
             },
         )
 
+    empty = [day for day in days if day not in results]
+    if empty and not config.allow_empty_partition:
+        spool.discard()
+        raise dg.Failure(
+            description=f"{source} returned no rows for {', '.join(empty)} "
+            f"(window [{start.isoformat()}, {end.isoformat()})). Nothing downstream is built for it. "
+            "If an empty day is expected, materialize with the config "
+            "{ops: {validated_telemetry: {config: {allow_empty_partition: true}}}}.",
+            metadata={"source": source, "empty_partitions": dg.MetadataValue.json(empty)},
+        )
+
     quarantined = (
         pd.concat([r.quarantined for r in results.values()], ignore_index=True)
         if results
         else pd.DataFrame(columns=["partition_date"])
     )
     results_store.replace_partitions(quarantined_telemetry, days, quarantined)
-    total = len(raw_telemetry)
-    valid_rows = sum(len(r.valid) for r in results.values())
+    valid_rows = sum(r.valid_rows for r in results.values())
     if total != valid_rows + len(quarantined):
+        spool.discard()
         raise AssertionError(
             f"validation lost rows: raw {total} != valid {valid_rows} + quarantined {len(quarantined)}"
         )
 
     if results:
-        valid = pd.concat([r.valid for r in results.values()], ignore_index=True)
         per_day = {day: _validation_metadata(result, contract) for day, result in results.items()}
         if len(days) == 1:
-            yield dg.Output(valid, metadata=per_day[days[0]])
+            yield dg.Output(spool, metadata=per_day[days[0]])
         else:
             for day, metadata in per_day.items():
                 context.add_asset_metadata(metadata, partition_key=day)
-            yield dg.Output(valid)
+            yield dg.Output(spool)
     else:
+        spool.discard()
         context.log.warning(
             f"{source} returned no rows for {', '.join(empty)}; allow_empty_partition is set, so "
             "validated_telemetry is not materialized and nothing downstream runs"
@@ -210,6 +226,47 @@ def validated_telemetry(
         passed=total == valid_rows + len(quarantined),
         metadata={"raw": total, "valid": valid_rows, "quarantined": len(quarantined)},
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class DayValidation:
+    """One day's validation over all its chunks of devices; the valid rows themselves are spooled."""
+
+    valid_rows: int
+    quarantined: pd.DataFrame
+    rule_counts: dict[str, int]
+    rule_results: tuple[RuleResult, ...]
+    unknown_columns: tuple[str, ...]
+    unknown_column_policy: str
+    seconds: float
+
+    @classmethod
+    def of(cls, counted: list[tuple[int, ValidationResult]]) -> "DayValidation":
+        parts = [part for _, part in counted]
+        rules: dict[str, list[RuleResult]] = {}
+        for part in parts:
+            for rule in part.rule_results:
+                rules.setdefault(rule.rule, []).append(rule)
+        return cls(
+            valid_rows=sum(valid for valid, _ in counted),
+            quarantined=pd.concat([p.quarantined for p in parts], ignore_index=True) if len(parts) > 1 else parts[0].quarantined,
+            rule_counts=_sum_counts(parts),
+            rule_results=tuple(_merge(same) for same in rules.values()),
+            unknown_columns=tuple(dict.fromkeys(c for p in parts for c in p.unknown_columns)),
+            unknown_column_policy=parts[0].unknown_column_policy,
+            seconds=sum(p.seconds for p in parts),
+        )
+
+    @property
+    def raw_rows(self) -> int:
+        return self.valid_rows + len(self.quarantined)
+
+    @property
+    def bad_row_share(self) -> float:
+        return len(self.quarantined) / self.raw_rows if self.raw_rows else 0.0
+
+    def family_results(self, family: str) -> tuple[RuleResult, ...]:
+        return tuple(r for r in self.rule_results if r.family == family)
 
 
 def _split_by_day(
@@ -240,7 +297,7 @@ def _schema_broken_checks(broken: dict[str, SchemaError]):
     )
 
 
-def _family_check(name: str, family: str, results: dict[str, ValidationResult]) -> dg.AssetCheckResult:
+def _family_check(name: str, family: str, results: dict[str, DayValidation]) -> dg.AssetCheckResult:
     rules: dict[str, list[RuleResult]] = {}
     for result in results.values():
         for rule in result.family_results(family):
@@ -284,7 +341,7 @@ def _merge(parts: list[RuleResult]) -> RuleResult:
 
 
 def _bad_row_share_check(
-    results: dict[str, ValidationResult], contract: TelemetryContract, empty: list[str]
+    results: dict[str, DayValidation], contract: TelemetryContract, empty: list[str]
 ) -> dg.AssetCheckResult:
     limit = contract.max_bad_row_share
     shares = {day: r.bad_row_share for day, r in results.items()}
@@ -323,11 +380,11 @@ def _sum_counts(results) -> dict[str, int]:
     return counts
 
 
-def _validation_metadata(result: ValidationResult, contract: TelemetryContract) -> dict:
+def _validation_metadata(result: DayValidation, contract: TelemetryContract) -> dict:
     quarantined = result.quarantined
     policy = result.unknown_column_policy
     return {
-        "dagster/row_count": len(result.valid),
+        "dagster/row_count": result.valid_rows,
         "raw_rows": result.raw_rows,
         "quarantined_rows": len(quarantined),
         "bad_row_share": round(result.bad_row_share, 6),

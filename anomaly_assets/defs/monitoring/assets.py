@@ -1,11 +1,11 @@
 """feature_drift: per-feature drift of a partition against the champion's training reference."""
 
 import dagster as dg
-import pandas as pd
 
-from anomaly_assets.core.drift import feature_drift as measure_drift
+from anomaly_assets.core.drift import CurrentDistribution
 from anomaly_assets.defs.partitions import daily_partitions, markdown_preview
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
+from anomaly_assets.resources.parquet_io import DeviceChunks
 from anomaly_assets.resources.results_store import feature_drift_results
 
 DRIFTED_FEATURE_COUNT = "drifted_feature_count"  # metadata key the drift sensor reads
@@ -34,19 +34,26 @@ class DriftConfig(dg.Config):
 def feature_drift(
     context: dg.AssetExecutionContext,
     config: DriftConfig,
-    device_features: pd.DataFrame,
+    device_features: DeviceChunks,
     model_registry: MlflowModelRegistry,
     results_store: ResultsStore,
 ):
     version, model = model_registry.load_champion()
     if model.drift_reference is None:
         raise dg.Failure(description=f"champion version {version} was trained without a drift reference; retrain it")
-    days = device_features["timestamp"].dt.strftime("%Y-%m-%d")
+    # One measurement per partition, also in a multi-day run, accumulated a chunk of devices at a time.
+    current = {day: CurrentDistribution(model.drift_reference) for day in context.partition_keys}
+    for chunk in device_features:
+        if chunk.empty:
+            continue
+        days = chunk["timestamp"].dt.strftime("%Y-%m-%d")
+        for day, distribution in current.items():
+            rows = chunk.loc[days == day]
+            if len(rows):
+                distribution.add(model.monitoring_frame(rows))
     drifted_by_day: dict[str, list[str]] = {}
-    for day in context.partition_keys:  # one measurement per partition, also in a multi-day run
-        table = measure_drift(
-            model.drift_reference, model.monitoring_frame(device_features.loc[days == day]), psi_threshold=config.psi_threshold
-        )
+    for day, distribution in current.items():
+        table = distribution.drift(psi_threshold=config.psi_threshold)
         results_store.replace_partitions(feature_drift_results, [day], table.assign(partition_date=day, model_version=version))
         drifted_by_day[day] = table.loc[table["drifted"], "feature"].tolist()
         metadata = {
