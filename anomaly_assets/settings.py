@@ -32,7 +32,7 @@ class Settings:
     drift_sensor_interval_seconds: int = 300
     # Devices per chunk of the partition path (validated_telemetry, device_features,
     # scored_anomalies, feature_drift): their memory depends on it, not on the fleet's size.
-    devices_per_chunk: int = 2_000
+    devices_per_chunk: int = 1_000
     # How a run's steps execute: one machine (multiprocess), or Celery workers on a Redis broker
     # (ANOMALY_ASSETS_CELERY_BROKER) that share ANOMALY_ASSETS_STORAGE_PATH.
     executor: str = "multiprocess"

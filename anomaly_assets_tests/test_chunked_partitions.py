@@ -97,11 +97,14 @@ def test_spool_writes_one_file_per_partition_and_an_empty_one_for_a_day_without_
     assert not os.path.exists(directory)
 
 
-def test_spool_names_a_chunk_whose_columns_cannot_join_the_first():
+def test_spool_keeps_text_that_follows_numbers_and_names_a_chunk_that_cannot_join():
     spool = PartitionSpool(["2026-11-05"])
     spool.append(_telemetry(["a"], "2026-11-05"))
-    with pytest.raises(TypeError, match="typed differently from the first chunk.s .*value: double"):
-        spool.append(_telemetry(["b"], "2026-11-05").assign(value="not a number"))
+    spool.append(_telemetry(["b"], "2026-11-05").assign(value="ERR"))  # a source's mixed column
+    stored = spool.read()
+    assert stored["value"].tolist() == ["0", "1", "2", "ERR", "ERR", "ERR"]  # as text (arrow writes 0.0 as "0")
+    with pytest.raises(TypeError, match=r"rows 6\+ of the output .*differ from"):
+        spool.append(_telemetry(["c"], "2026-11-05").assign(extra=1.0))
     spool.discard()
 
 
@@ -243,3 +246,72 @@ def test_a_broken_schema_in_chunks_fails_the_run_and_writes_nothing(tmp_path):
     assert not result.success and not file.exists()
     failure = result.failure_data_for_node("validated_telemetry")
     assert "memory_used_pct" in failure.user_failure_data.description
+
+
+def test_raw_telemetry_streams_the_source_and_stores_each_part_grouped_by_device(tmp_path):
+    import dagster as dg
+
+    from anomaly_assets.core import generator
+    from anomaly_assets.defs.ingestion.assets import raw_telemetry
+    from anomaly_assets.resources import PartitionedParquetIOManager, TelemetrySource
+    from anomaly_assets.resources.sources import InventorySource
+
+    day = generator.generate_day(generator.FleetConfig(n_devices=6, device_fault_rate=0.0), pd.Timestamp("2026-11-02").date())
+    # time-major delivery in three parts; the last part's reboots column mixes numbers and text
+    delivered = day.sort_values(["timestamp", "device_id"], ignore_index=True)
+    parts = np.array_split(np.arange(len(delivered)), 3)
+
+    class StreamingSource(TelemetrySource):
+        def describe(self):
+            return "streaming test source"
+
+        def read_window(self, start, end):
+            raise AssertionError("raw_telemetry must stream, not read the window at once")
+
+        def read_window_chunks(self, start, end):
+            for index, rows in enumerate(parts):
+                part = delivered.iloc[rows].reset_index(drop=True)
+                if index == 2:
+                    part = part.astype({"reboots": object})
+                    part.loc[0, "reboots"] = "ERR"
+                yield part
+
+    result = dg.materialize(
+        [raw_telemetry],
+        partition_key="2026-11-02",
+        resources={
+            "telemetry_source": StreamingSource(),
+            "inventory_source": InventorySource(),
+            "io_manager": PartitionedParquetIOManager(base_path=str(tmp_path)),
+        },
+    )
+    stored = pd.read_parquet(tmp_path / "raw_telemetry" / "2026-11-02.parquet")
+    assert len(stored) == len(day)
+    import pyarrow.parquet as pq
+
+    assert pq.ParquetFile(tmp_path / "raw_telemetry" / "2026-11-02.parquet").num_row_groups == 3
+    # each part grouped by device, rows of a device in delivered (time) order
+    first = stored.iloc[: len(parts[0])]
+    assert first["device_id"].is_monotonic_increasing
+    assert first.groupby("device_id")["timestamp"].apply(lambda t: t.is_monotonic_increasing).all()
+    assert stored["reboots"].dtype == "str" and (stored["reboots"] == "ERR").sum() == 1
+    metadata = result.asset_materializations_for_node("raw_telemetry")[0].metadata
+    assert metadata["dagster/row_count"].value == len(day) and metadata["devices"].value == 6
+    assert metadata["mixed_type_columns_stored_as_text"].value == ["reboots"]
+
+
+def test_a_sql_table_source_streams_ordered_by_device(tmp_path):
+    import sqlalchemy as sa
+
+    from anomaly_assets.resources.sources import ColumnMapping, SqlTelemetrySource
+
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    rows = _telemetry(["c", "a", "b"], "2026-11-05", rows_per_device=4).sort_values("timestamp")
+    rows.assign(timestamp=rows["timestamp"].dt.strftime("%Y-%m-%d %H:%M:%S")).to_sql("readings", sa.create_engine(url), index=False)
+    source = SqlTelemetrySource(
+        url=url, table="readings", mapping=ColumnMapping(metrics={"value": "value"}), chunk_rows=5, naive_utc_parameters=True
+    )
+    start = pd.Timestamp("2026-11-05", tz="UTC")
+    parts = list(source.read_window_chunks(start, start + pd.Timedelta(days=1)))
+    assert [len(p) for p in parts] == [5, 5, 2]
+    assert pd.concat(parts)["device_id"].tolist() == ["a"] * 4 + ["b"] * 4 + ["c"] * 4

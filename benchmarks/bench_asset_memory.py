@@ -1,14 +1,16 @@
 """Peak memory and time of the Dagster partition path, by step, in chunks of devices against the
 whole partition in memory, measured in the same run.
 
-    python benchmarks/bench_asset_memory.py                        # 20,000 devices, chunks of 2,000
+    python benchmarks/bench_asset_memory.py                        # 20,000 devices, chunks of 1,000
     python benchmarks/bench_asset_memory.py --devices 100000 --skip-whole
 
-A champion is trained first on a small synthetic fleet (the demo: 100 devices, 7 days). Then the
-scored day and its lookback day are materialized for N devices, each asset step in a process of
-its own, as the multiprocess executor runs them, so each step's peak resident memory (VmHWM) is
-its own: raw_telemetry and validated_telemetry of both days, then device_features,
-scored_anomalies and feature_drift of the scored day. The same steps run twice, with
+The telemetry is a files source (ANOMALY_ASSETS_SOURCE=files): synthetic parquet files written
+first, not measured, that the source streams 50,000 rows at a time, as a database would be
+read. A champion is trained on 100 devices x 7 days of it. Then the scored day and its lookback
+day are materialized for N devices, each asset step in a process of its own, as the
+multiprocess executor runs them, so each step's peak resident memory (VmHWM) is its own:
+raw_telemetry and validated_telemetry of both days, then device_features, scored_anomalies and
+feature_drift of the scored day. The same steps run twice, with
 ANOMALY_ASSETS_DEVICES_PER_CHUNK at the chunk size and at the fleet size (one chunk: the whole
 partition in memory), and the table gives both and their ratio. ``imports`` is a step that only
 loads the code location: the floor every step stands on.
@@ -28,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 LOOKBACK_DAY, DAY = "2026-11-08", "2026-11-09"
+TRAINING_DEVICES = 100
 STEPS = [
     ("imports", DAY),
     ("raw_telemetry", LOOKBACK_DAY),
@@ -41,10 +44,62 @@ STEPS = [
 SEED = 11
 
 
-def _settings(home: Path, devices: int, devices_per_chunk: int):
+def _settings(home: Path, devices_per_chunk: int):
+    from anomaly_assets.core import generator
     from anomaly_assets.settings import Settings
 
-    return Settings(home=home, fleet_devices=devices, fleet_seed=SEED, devices_per_chunk=devices_per_chunk)
+    mapping = {
+        "cohorts": {c: c for c in generator.COHORT_COLUMNS},
+        "metrics": {m: m for m in generator.METRICS},
+        "label": "is_injected_anomaly",
+    }
+    return Settings(
+        home=home,
+        devices_per_chunk=devices_per_chunk,
+        source="files",
+        source_glob=str(home.parent / "source" / "*.parquet"),
+        source_mapping=json.dumps(mapping),
+    )
+
+
+def write_source(directory: Path, devices: int) -> None:
+    """Synthetic parquet files: the training week of a small fleet, the two days of N devices."""
+    import datetime as dt
+
+    from anomaly_assets.core import generator
+
+    directory.mkdir(parents=True)
+    training = generator.FleetConfig(n_devices=TRAINING_DEVICES, seed=SEED)
+    days = [training.start_date + dt.timedelta(days=d) for d in range(7)]
+    generator.generate_days(training, days).to_parquet(directory / "training.parquet", index=False)
+    fleet = generator.FleetConfig(n_devices=devices, seed=SEED)
+    for day in (LOOKBACK_DAY, DAY):
+        generator.generate_day(fleet, dt.date.fromisoformat(day)).to_parquet(directory / f"{day}.parquet", index=False)
+
+
+def train_champion(home: Path, devices_per_chunk: int) -> None:
+    import datetime as dt
+    import logging
+
+    import dagster as dg
+
+    from anomaly_assets.demo import QUIET, partition_range_tags
+    from anomaly_assets.settings import export_to_environment, prepare_embedded_home
+
+    for noisy in ("mlflow", "alembic", "dagster"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    settings = _settings(home, devices_per_chunk)
+    export_to_environment(settings)
+    prepare_embedded_home(settings)
+    from anomaly_assets.definitions import build_definitions
+
+    defs = build_definitions(settings)
+    first = settings.start_date
+    last = first + dt.timedelta(days=settings.training_days - 1)
+    instance = dg.DagsterInstance.get()
+    for job, tags, key in (("telemetry_job", partition_range_tags(first, last), None), ("training_job", {}, last.isoformat())):
+        result = defs.resolve_job_def(job).execute_in_process(instance=instance, run_config=QUIET, tags=tags, partition_key=key)
+        assert result.success, job
 
 
 def _peak_mb() -> float:
@@ -55,7 +110,7 @@ def _peak_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def run_step(home: Path, devices: int, devices_per_chunk: int, asset: str, day: str) -> dict:
+def run_step(home: Path, devices_per_chunk: int, asset: str, day: str) -> dict:
     """One asset step for one partition, in this process (a child of the coordinating one)."""
     import logging
 
@@ -63,7 +118,7 @@ def run_step(home: Path, devices: int, devices_per_chunk: int, asset: str, day: 
 
     for noisy in ("mlflow", "alembic", "dagster"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    settings = _settings(home, devices, devices_per_chunk)
+    settings = _settings(home, devices_per_chunk)
     export_to_environment(settings)
     import dagster as dg
 
@@ -79,9 +134,9 @@ def run_step(home: Path, devices: int, devices_per_chunk: int, asset: str, day: 
     return {"seconds": time.perf_counter() - started, "peak_mb": _peak_mb()}
 
 
-def _child(home: Path, devices: int, devices_per_chunk: int, asset: str, day: str) -> dict:
+def _child(home: Path, devices_per_chunk: int, asset: str, day: str) -> dict:
     command = [sys.executable, __file__, "--step", asset, "--day", day, "--home", str(home)]
-    command += ["--devices", str(devices), "--devices-per-chunk", str(devices_per_chunk)]
+    command += ["--devices-per-chunk", str(devices_per_chunk)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"step {asset} {day} failed:\n{result.stderr[-4000:]}")
@@ -91,7 +146,7 @@ def _child(home: Path, devices: int, devices_per_chunk: int, asset: str, day: st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=20_000)
-    parser.add_argument("--devices-per-chunk", type=int, default=2_000)
+    parser.add_argument("--devices-per-chunk", type=int, default=1_000)
     parser.add_argument("--skip-whole", action="store_true", help="skip the one-chunk reference (large fleets)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--step", help=argparse.SUPPRESS)
@@ -99,19 +154,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.step:
-        print(json.dumps(run_step(Path(args.home), args.devices, args.devices_per_chunk, args.step, args.day)))
+        print(json.dumps(run_step(Path(args.home), args.devices_per_chunk, args.step, args.day)))
         return 0
-
-    from anomaly_assets.demo import run_demo
 
     configurations = {"chunks": args.devices_per_chunk}
     if not args.skip_whole:
         configurations["whole"] = max(args.devices, 1)
     with tempfile.TemporaryDirectory(prefix="anomaly_asset_memory_") as tmp:
         home = Path(tmp) / "home"
-        print("training a champion on 100 devices x 7 days (not measured)", file=sys.stderr)
+        print(f"writing the source files and training a champion on {TRAINING_DEVICES} devices x 7 days (not measured)", file=sys.stderr)
+        write_source(Path(tmp) / "source", args.devices)
         saved = dict(os.environ)
-        run_demo(_settings(home, 100, args.devices_per_chunk), days=8, progress=lambda _message: None)
+        train_champion(home, args.devices_per_chunk)
         os.environ.clear()
         os.environ.update(saved)
         figures: dict[str, list[dict]] = {}
@@ -119,12 +173,12 @@ def main(argv: list[str] | None = None) -> int:
             figures[name] = []
             for asset, day in STEPS:
                 print(f"{name}: {asset} {day}", file=sys.stderr)
-                figures[name].append({"step": asset, "day": day, **_child(home, args.devices, devices_per_chunk, asset, day)})
+                figures[name].append({"step": asset, "day": day, **_child(home, devices_per_chunk, asset, day)})
     report = {"devices": args.devices, "devices_per_chunk": args.devices_per_chunk, "steps": figures}
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{args.devices:,} devices x 2 days, {os.cpu_count()} cores; each step in its own process")
+    print(f"{args.devices:,} devices x 2 days from a files source, {os.cpu_count()} cores; each step in its own process")
     header = f"{'step':<22}{'day':<12}{'chunks of ' + format(args.devices_per_chunk, ','):>22}"
     header += f"{'one chunk':>22}{'memory ratio':>14}" if "whole" in figures else ""
     print(header)

@@ -45,26 +45,10 @@ def markdown_preview(frame: pd.DataFrame, rows: int = 5) -> dg.MetadataValue:
     return dg.MetadataValue.md(escaped.to_markdown(index=False))
 
 
-def partition_metadata(
-    context: dg.AssetExecutionContext, frame: pd.DataFrame, describe: Callable[[pd.DataFrame], dict]
-) -> dict:
-    """Metadata that describes each partition's own rows.
-
-    For one partition it is returned for the Output; for a range (a single-run backfill) each
-    partition gets ``describe(its rows)`` attached directly, and nothing is returned.
-    """
-    keys = context.partition_keys
-    if len(keys) == 1:
-        return describe(frame)
-    days = frame["timestamp"].dt.strftime("%Y-%m-%d")
-    for key in keys:
-        context.add_asset_metadata(describe(frame.loc[days == key]), partition_key=key)
-    return {}
-
-
-def spool_metadata(context: dg.AssetExecutionContext, by_partition: dict[str, dict]) -> dict:
-    """``partition_metadata`` for an output built a chunk at a time: each partition's metadata,
-    computed from its accumulated figures, returned for one partition or attached for a range."""
+def partition_metadata(context: dg.AssetExecutionContext, by_partition: dict[str, dict]) -> dict:
+    """Each partition's own metadata (figures accumulated over the chunks that built it): returned
+    for the Output of one partition; for a range (a single-run backfill) attached to each
+    partition directly, and nothing is returned."""
     keys = context.partition_keys
     if len(keys) == 1:
         return by_partition[keys[0]]

@@ -36,7 +36,7 @@ from upath import UPath
 ALLOW_MISSING_PARTITIONS = "allow_missing_partitions"  # AssetIn metadata: optional lookback input
 DEVICE_COLUMN = "device_id"
 PREVIEW_ROWS = 10
-DEFAULT_DEVICES_PER_CHUNK = 2_000  # ~576k rows of 5-minute telemetry a day: a few hundred MB of features
+DEFAULT_DEVICES_PER_CHUNK = 1_000  # 288,000 rows of 5-minute telemetry a day: ~1-2 GB per step at peak
 
 
 def day_keys(frame: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
@@ -100,11 +100,14 @@ class DeviceChunks:
                 file = pq.ParquetFile(handle)
                 if DEVICE_COLUMN not in file.schema_arrow.names:
                     return []
-                column = file.read(columns=[DEVICE_COLUMN]).column(0)
-            if pa.types.is_null(column.type):
-                continue
-            unique = pc.unique(column.combine_chunks().drop_null())
-            devices = unique if devices is None else pc.unique(pa.concat_arrays([devices, unique.cast(devices.type)]))
+                for group in range(file.num_row_groups):  # one row group at a time: memory per group, not file
+                    column = file.read_row_group(group, columns=[DEVICE_COLUMN]).column(0)
+                    if pa.types.is_null(column.type):
+                        continue
+                    unique = pc.unique(column.combine_chunks().drop_null())
+                    if devices is not None:
+                        unique = pc.unique(pa.concat_arrays([devices, unique.cast(devices.type)]))
+                    devices = unique
         if devices is None or not len(devices):
             return []
         ordered = pc.array_sort_indices(devices)
@@ -163,9 +166,9 @@ class PartitionSpool:
             self._schema = table.schema
         elif not table.schema.equals(self._schema, check_metadata=False):
             try:
-                if any(pa.types.is_null(f.type) for f in self._schema):
-                    # A column that was all null so far now has values: widen what is written.
-                    self._widen(pa.unify_schemas([self._schema, table.schema], promote_options="permissive"))
+                widened = _widened(self._schema, table.schema)
+                if not widened.equals(self._schema, check_metadata=False):
+                    self._widen(widened)  # e.g. a column all null so far now has values
                 table = table.cast(self._schema)  # e.g. a column that is all null in this chunk
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError) as error:
                 raise TypeError(
@@ -180,7 +183,6 @@ class PartitionSpool:
 
     def _widen(self, schema: pa.Schema) -> None:
         """Rewrite what is written so far with ``schema`` (rare: a column all null until now)."""
-        schema = schema.with_metadata(self._schema.metadata)
         for key, writer in list(self._writers.items()):
             writer.close()
             narrow = self._file(key) + ".narrow"
@@ -311,6 +313,24 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         finally:
             if temporary.exists():
                 temporary.unlink()
+
+
+def _widened(written: pa.Schema, incoming: pa.Schema) -> pa.Schema:
+    """The schema both fit: a null column takes the other's type, and a column that is text on
+    either side becomes text (numbers are written as text, never the other way round)."""
+    if written.names != incoming.names:
+        raise ValueError(f"columns {incoming.names} differ from {written.names}")
+    fields = []
+    for old, new in zip(written, incoming, strict=True):
+        if pa.types.is_null(old.type) or (_is_text(new.type) and not _is_text(old.type) and not pa.types.is_null(new.type)):
+            fields.append(old.with_type(new.type))
+        else:
+            fields.append(old)
+    return pa.schema(fields, metadata=written.metadata)
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
 def _wants_chunks(context: dg.InputContext) -> bool:

@@ -159,14 +159,6 @@ def _window_filter(frame: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) 
     return frame.loc[keep.fillna(False).to_numpy(dtype=bool)]
 
 
-def _collect(chunks: Iterator[pd.DataFrame], mapping: ColumnMapping, start, end) -> pd.DataFrame:
-    parts = [_window_filter(mapping.apply(chunk), start, end) for chunk in chunks]
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return mapping.apply(pd.DataFrame({c: pd.Series(dtype=object) for c in mapping.source_columns()}))
-    return pd.concat(parts, ignore_index=True).sort_values(["device_id", "timestamp"], ignore_index=True)
-
-
 def _as_utc(value: pd.Timestamp) -> pd.Timestamp:
     value = pd.Timestamp(value)
     return value.tz_localize("UTC") if value.tzinfo is None else value.tz_convert("UTC")
@@ -176,6 +168,23 @@ class _MappedSource(TelemetrySource):
     mapping: ColumnMapping
     chunk_rows: int = 50_000
     name: str = "telemetry"
+
+    def _source_chunks(self, start: pd.Timestamp, end: pd.Timestamp) -> Iterator[pd.DataFrame]:
+        """The source's own rows for the window, ``chunk_rows`` at a time, as delivered."""
+        raise NotImplementedError
+
+    def read_window_chunks(self, start: pd.Timestamp, end: pd.Timestamp) -> Iterator[pd.DataFrame]:
+        start, end = _as_utc(start), _as_utc(end)
+        for chunk in self._source_chunks(start, end):
+            part = _window_filter(self.mapping.apply(chunk), start, end)
+            if len(part):
+                yield part
+
+    def read_window(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        parts = list(self.read_window_chunks(start, end))
+        if not parts:
+            return self.mapping.apply(pd.DataFrame({c: pd.Series(dtype=object) for c in self.mapping.source_columns()}))
+        return pd.concat(parts, ignore_index=True).sort_values(["device_id", "timestamp"], ignore_index=True)
 
     def contract(self) -> TelemetryContract:
         return self.mapping.build_contract(self.name)
@@ -226,18 +235,17 @@ class SqlTelemetrySource(_MappedSource):
         columns = [sa.column(c) for c in self.mapping.source_columns()]
         table = sa.table(name, *columns, schema=schema or None)
         ts = table.c[self.mapping.timestamp]
-        return sa.select(*columns).select_from(table).where(ts >= sa.bindparam("start"), ts < sa.bindparam("end"))
+        # Ordered by device: the partition path then reads raw_telemetry a chunk of devices at a time.
+        statement = sa.select(*columns).select_from(table).where(ts >= sa.bindparam("start"), ts < sa.bindparam("end"))
+        return statement.order_by(table.c[self.mapping.device_id], ts)
 
-    def read_window(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-
-        start, end = _as_utc(start), _as_utc(end)
+    def _source_chunks(self, start: pd.Timestamp, end: pd.Timestamp) -> Iterator[pd.DataFrame]:
         statement = self._statement()
         params = {"start": start.to_pydatetime(), "end": end.to_pydatetime()}
         if self.naive_utc_parameters:
             params = {k: v.replace(tzinfo=None) for k, v in params.items()}
         with _sql_connection(self.url, f"telemetry source '{self.name}' at {self._host()} ({redact_url(self.url)})") as connection:
-            chunks = pd.read_sql(statement, connection, params=params, chunksize=self.chunk_rows)
-            return _collect(iter(chunks), self.mapping, start, end)
+            yield from pd.read_sql(statement, connection, params=params, chunksize=self.chunk_rows)
 
 
 class OdbcTelemetrySource(_MappedSource):
@@ -266,10 +274,10 @@ class OdbcTelemetrySource(_MappedSource):
         q = self.identifier_quote
         columns = ", ".join(_quote_identifier(c, q) for c in self.mapping.source_columns())
         ts = _quote_identifier(self.mapping.timestamp, q)
-        return f"SELECT {columns} FROM {_quote_identifier(self.table, q)} WHERE {ts} >= ? AND {ts} < ?"
+        device = _quote_identifier(self.mapping.device_id, q)
+        return f"SELECT {columns} FROM {_quote_identifier(self.table, q)} WHERE {ts} >= ? AND {ts} < ? ORDER BY {device}, {ts}"
 
-    def read_window(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        start, end = _as_utc(start), _as_utc(end)
+    def _source_chunks(self, start: pd.Timestamp, end: pd.Timestamp) -> Iterator[pd.DataFrame]:
         sql = self._sql()
         secrets = [_odbc_password(self.connection_string)]
         where = f"telemetry source '{self.name}' at {_odbc_host(self.connection_string)}"
@@ -288,11 +296,8 @@ class OdbcTelemetrySource(_MappedSource):
             cursor.execute(sql, start.tz_localize(None).to_pydatetime(), end.tz_localize(None).to_pydatetime())
             names = [d[0] for d in cursor.description]
 
-            def chunks() -> Iterator[pd.DataFrame]:
-                while rows := cursor.fetchmany(self.chunk_rows):
-                    yield pd.DataFrame.from_records([tuple(r) for r in rows], columns=names)
-
-            return _collect(chunks(), self.mapping, start, end)
+            while rows := cursor.fetchmany(self.chunk_rows):
+                yield pd.DataFrame.from_records([tuple(r) for r in rows], columns=names)
         except pyodbc.Error as error:
             raise TelemetrySourceError(_scrub(f"{where}: the read failed: {_first_line(error)}", secrets)) from None
         finally:
@@ -319,22 +324,18 @@ class FileTelemetrySource(_MappedSource):
             return self.format
         return "parquet" if path.endswith((".parquet", ".pq")) else "csv"
 
-    def _chunks(self, start: pd.Timestamp, end: pd.Timestamp) -> Iterator[pd.DataFrame]:
+    def _source_chunks(self, start: pd.Timestamp, end: pd.Timestamp) -> Iterator[pd.DataFrame]:
         columns = self.mapping.source_columns()
-        for path in self._files():
-            if self._format_of(path) == "parquet":
-                import pyarrow.parquet as pq
-
-                parquet = pq.ParquetFile(path)
-                for batch in parquet.iter_batches(batch_size=self.chunk_rows, columns=columns):
-                    yield batch.to_pandas()
-            else:
-                yield from pd.read_csv(path, usecols=columns, chunksize=self.chunk_rows, dtype={self.mapping.device_id: str})
-
-    def read_window(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        start, end = _as_utc(start), _as_utc(end)
         try:
-            return _collect(self._chunks(start, end), self.mapping, start, end)
+            for path in self._files():
+                if self._format_of(path) == "parquet":
+                    import pyarrow.parquet as pq
+
+                    parquet = pq.ParquetFile(path)
+                    for batch in parquet.iter_batches(batch_size=self.chunk_rows, columns=columns):
+                        yield batch.to_pandas()
+                else:
+                    yield from pd.read_csv(path, usecols=columns, chunksize=self.chunk_rows, dtype={self.mapping.device_id: str})
         except (OSError, ValueError) as error:
             raise TelemetrySourceError(f"telemetry source '{self.name}' ({self.glob}): {error}") from None
 

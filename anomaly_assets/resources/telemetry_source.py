@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
 import dagster as dg
 import pandas as pd
@@ -30,6 +31,11 @@ class TelemetrySource(dg.ConfigurableResource):
     def read_window(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
         """Rows with ``start <= timestamp < end``."""
         raise NotImplementedError
+
+    def read_window_chunks(self, start: pd.Timestamp, end: pd.Timestamp) -> Iterator[pd.DataFrame]:
+        """The same rows in parts, so a fleet's day never has to be in memory at once. Sources
+        that can stream override it; by default the window is one part."""
+        yield self.read_window(start, end)
 
 
 class SyntheticFleetSource(TelemetrySource):
@@ -64,10 +70,17 @@ class SyntheticFleetSource(TelemetrySource):
         return f"synthetic fleet (devices={self.n_devices}, seed={self.seed})"
 
     def read_window(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        config = self.fleet_config()
-        days = pd.date_range(start.normalize(), end - pd.Timedelta(1, "ns"), freq="D")
-        frames = [generator.generate_day(config, d.date()) for d in days if d.date() >= config.start_date]
+        frames = list(self.read_window_chunks(start, end))
         if not frames:
+            config = self.fleet_config()
             return generator.generate_day(config, config.start_date).iloc[0:0]
-        frame = pd.concat(frames, ignore_index=True)
-        return frame.loc[(frame["timestamp"] >= start) & (frame["timestamp"] < end)].reset_index(drop=True)
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+    def read_window_chunks(self, start: pd.Timestamp, end: pd.Timestamp) -> Iterator[pd.DataFrame]:
+        """A day of the whole fleet at a time (the generator draws a day's noise fleet-wide)."""
+        config = self.fleet_config()
+        for day in pd.date_range(start.normalize(), end - pd.Timedelta(1, "ns"), freq="D"):
+            if day.date() >= config.start_date:
+                frame = generator.generate_day(config, day.date())
+                in_window = (frame["timestamp"] >= start) & (frame["timestamp"] < end)
+                yield frame if in_window.all() else frame.loc[in_window].reset_index(drop=True)

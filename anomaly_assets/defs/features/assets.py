@@ -8,7 +8,7 @@ from anomaly_assets.core.features import FeatureSpec, build_daily_features
 from anomaly_assets.defs.partitions import (
     daily_partitions,
     markdown_preview,
-    spool_metadata,
+    partition_metadata,
     partition_window,
     previous_day_lookback,
 )
@@ -66,4 +66,4 @@ def device_features(
         for key in spool.keys
     }
     context.log.info(f"built features for {spool.rows} rows with {lookback_rows} lookback rows")
-    return dg.Output(spool, metadata=spool_metadata(context, metadata))
+    return dg.Output(spool, metadata=partition_metadata(context, metadata))

@@ -24,13 +24,13 @@ from anomaly_assets.defs.partitions import (
     daily_partitions,
     days_in,
     markdown_preview,
-    partition_metadata,
     partition_window,
+    partition_metadata,
 )
 from anomaly_assets.core.inventory import join_inventory
 from anomaly_assets.defs.inventory.assets import read_inventory
 from anomaly_assets.resources import ResultsStore, TelemetrySource
-from anomaly_assets.resources.parquet_io import DeviceChunks, PartitionSpool, group_by_device
+from anomaly_assets.resources.parquet_io import DeviceChunks, PartitionSpool, day_keys, group_by_device
 from anomaly_assets.resources.sources import InventorySource
 from anomaly_assets.resources.results_store import quarantined_telemetry
 
@@ -59,32 +59,49 @@ SAMPLE_ROWS = 5
 )
 def raw_telemetry(
     context: dg.AssetExecutionContext, telemetry_source: TelemetrySource, inventory_source: InventorySource
-) -> dg.Output[pd.DataFrame]:
+) -> dg.Output[PartitionSpool]:
     start, end = partition_window(context)
-    frame = telemetry_source.read_window(start, end)
     # Cohort attributes from the fleet management database, when one is configured and reachable;
     # otherwise the telemetry's own columns are used and the metadata says why.
     inventory, inventory_report = read_inventory(inventory_source)
-    if inventory_report.get("enriched") and len(frame):
-        frame, join_report = join_inventory(frame, inventory, list(inventory_source.columns) or None)
-        inventory_report = {**inventory_report, **join_report}
-    elif "warning" in inventory_report and inventory_source.configured():
+    enrich = bool(inventory_report.get("enriched"))
+    if not enrich and "warning" in inventory_report and inventory_source.configured():
         context.log.warning(str(inventory_report["warning"]))
-    # Parquet cannot store a column mixing numbers and text: keep such a column as text (values
-    # unchanged as written), so the delivery is stored and validation reports the column's type.
-    mixed = [c for c in frame.columns if frame[c].dtype == object and _mixed_types(frame[c])]
-    if mixed:
-        frame = frame.assign(**{c: frame[c].astype("str") for c in mixed})
-    frame = group_by_device(frame)
-    describe = lambda rows: {  # noqa: E731
-        "dagster/row_count": len(rows),
-        "devices": int(rows["device_id"].nunique()) if "device_id" in rows else 0,
-        "source": telemetry_source.describe(),
-        "inventory": dg.MetadataValue.json({k: v for k, v in inventory_report.items() if k != "devices"}),
-        **({"mixed_type_columns_stored_as_text": dg.MetadataValue.json(mixed)} if mixed else {}),
-        "preview": markdown_preview(rows),
+    known = set(inventory["device_id"].astype("str")) if enrich else set()
+    spool = PartitionSpool(context.partition_keys)
+    devices: dict[str, set] = {key: set() for key in spool.keys}
+    missing_from_inventory: set[str] = set()
+    mixed: list[str] = []
+    # The source's parts as they stream in: a fleet's day is never in memory at once.
+    for part in telemetry_source.read_window_chunks(start, end):
+        if enrich and len(part):
+            part, join_report = join_inventory(part, inventory, list(inventory_source.columns) or None)
+            inventory_report = {**inventory_report, **join_report}
+            missing_from_inventory.update(set(part["device_id"].astype("str")) - known)
+        # Parquet cannot store a column mixing numbers and text: keep such a column as text (values
+        # unchanged as written), so the delivery is stored and validation reports the column's type.
+        mixed += [c for c in part.columns if c not in mixed and (part[c].dtype == object and _mixed_types(part[c]))]
+        part = part.assign(**{c: part[c].astype("str") for c in mixed if c in part and part[c].dtype != "str"})
+        part = group_by_device(part)
+        keys = day_keys(part, spool.keys) if len(spool.keys) > 1 else pd.Series(spool.keys[0], index=part.index)
+        if "device_id" in part:
+            for key in spool.keys:
+                devices[key].update(part.loc[keys == key, "device_id"].dropna().unique())
+        spool.append(part)
+    if enrich and "devices_missing_from_inventory" in inventory_report:
+        inventory_report["devices_missing_from_inventory"] = len(missing_from_inventory)
+    metadata = {
+        key: {
+            "dagster/row_count": spool.rows_by_key[key],
+            "devices": len(devices[key]),
+            "source": telemetry_source.describe(),
+            "inventory": dg.MetadataValue.json({k: v for k, v in inventory_report.items() if k != "devices"}),
+            **({"mixed_type_columns_stored_as_text": dg.MetadataValue.json(mixed)} if mixed else {}),
+            "preview": markdown_preview(spool.heads.get(key, pd.DataFrame())),
+        }
+        for key in spool.keys
     }
-    return dg.Output(frame, metadata=partition_metadata(context, frame, describe))
+    return dg.Output(spool, metadata=partition_metadata(context, metadata))
 
 
 def _mixed_types(values: pd.Series) -> bool:

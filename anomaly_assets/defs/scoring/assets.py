@@ -12,7 +12,7 @@ from anomaly_assets.defs.partitions import (
     daily_partitions,
     days_in,
     markdown_preview,
-    spool_metadata,
+    partition_metadata,
     partition_window,
 )
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
@@ -90,7 +90,7 @@ def scored_anomalies(
             "top_devices": markdown_preview(top_devices(flagged_rows) if flagged else pd.DataFrame(), rows=10),
         }
 
-    return dg.Output(spool, metadata=spool_metadata(context, {day: describe(day) for day in days}))
+    return dg.Output(spool, metadata=partition_metadata(context, {day: describe(day) for day in days}))
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
