@@ -113,22 +113,23 @@ def _process_chunk(model: FleetAnomalyModel, contract, chunk: str, scored_path: 
     clock = time.perf_counter()
     frame = pd.read_parquet(chunk)  # the day and the day before, as the asset's partition mapping loads them
     seconds["read"] = time.perf_counter() - clock
-    day_mask = frame["timestamp"] >= day_start
 
     clock = time.perf_counter()
-    validated = validate_telemetry(frame.loc[day_mask], contract, day_start, day_start + pd.Timedelta(days=1)).valid
+    day_mask = (frame["timestamp"] >= day_start).to_numpy()
+    validated = validate_telemetry(_rows(frame, day_mask), contract, day_start, day_start + pd.Timedelta(days=1)).valid
     seconds["validate"] = time.perf_counter() - clock
     rows = len(validated)
 
     clock = time.perf_counter()
-    telemetry = pd.concat([frame.loc[~day_mask], validated])
+    telemetry = pd.concat([_rows(frame, ~day_mask), validated])
     del frame, validated  # free each frame as soon as the next stage has what it needs: peak memory
     features = build_daily_features(telemetry, spec, [day_start])  # what the device_features asset calls
     del telemetry
     seconds["features"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    matrix = model.model_matrix(features)
+    cohorts = model.cohorts(features)  # as FleetAnomalyModel.score, the asset's call, shares them
+    matrix = model.model_matrix(features, cohorts)
     seconds["cohort_features"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -136,17 +137,26 @@ def _process_chunk(model: FleetAnomalyModel, contract, chunk: str, scored_path: 
     seconds["score"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    scored = model.score_from(features, matrix, scores).assign(
+    scored = model.score_from(features, matrix, scores, cohorts).assign(
         model_name="bench", model_version="1", partition_date=DAY.isoformat()
     )
     seconds["explain"] = time.perf_counter() - clock
-    del features, matrix
+    del features, matrix, cohorts
 
     clock = time.perf_counter()
     scored.to_parquet(scored_path, index=False)
     events, summary = scored.loc[scored["is_anomaly"]], daily_device_summary(scored)
     seconds["persist"] = time.perf_counter() - clock
     return seconds, rows, events, summary
+
+
+def _rows(frame: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
+    """``frame.loc[mask]``; a slice when the rows are one contiguous run (the chunk file holds the
+    day before, then the day), which shares the columns instead of copying them."""
+    positions = np.flatnonzero(mask)
+    if len(positions) and positions[-1] - positions[0] + 1 == len(positions):
+        return frame.iloc[positions[0] : positions[-1] + 1]
+    return frame.loc[mask]
 
 
 def _warm_up(model: FleetAnomalyModel, contract, chunk: str, workdir: Path) -> None:

@@ -83,3 +83,11 @@ def test_cli_bench_reports_one_and_two_worker_runs_as_json(capsys):
     assert report["rows"] == report["single"]["rows"] == report["fast"]["rows"] > 39 * 288
     assert report["reference"]["rows"] <= 20 * 288 and report["training"]["training_rows"] > 0
     assert all(report["fast"]["seconds"][stage] > 0 for stage in benchmark.STAGES)
+
+
+def test_rows_of_a_mask_are_the_masked_rows_whether_contiguous_or_not():
+    import numpy as np
+
+    frame = pd.DataFrame({"a": range(10), "b": [f"x{i}" for i in range(10)]}, index=range(100, 110))
+    for mask in (np.arange(10) >= 4, np.arange(10) < 4, np.arange(10) % 3 == 0, np.zeros(10, bool), np.ones(10, bool)):
+        pd.testing.assert_frame_equal(benchmark._rows(frame, mask), frame.loc[mask])

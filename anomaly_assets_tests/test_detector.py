@@ -204,6 +204,23 @@ def test_scoring_is_deterministic(fleet):
     )
 
 
+def test_model_tables_are_built_once_per_fitted_frame(fleet):
+    """The cohort and baseline tables are kept per fitted frame: the same matrix as the frame
+    path, and another frame (a model with other stats) gets its own tables."""
+    from anomaly_assets.core.detector import _model_frame
+
+    model, sample = fleet.model, fleet.scored_features.iloc[::11]
+    frame = _model_frame(sample, model.spec, model.cohort_stats, model.baselines)[model.feature_columns].to_numpy()
+    expected = np.where(np.isnan(frame), model.medians[None, :], frame)
+    for _ in range(2):  # built, then reused
+        np.testing.assert_array_equal(model.model_matrix(sample), expected)
+    shifted = dataclasses.replace(model, cohort_stats=model.cohort_stats.assign(mean=model.cohort_stats["mean"] + 1.0))
+    frame = _model_frame(sample, model.spec, shifted.cohort_stats, model.baselines)[model.feature_columns].to_numpy()
+    expected_shifted = np.where(np.isnan(frame), model.medians[None, :], frame)
+    np.testing.assert_array_equal(shifted.model_matrix(sample), expected_shifted)
+    assert not np.array_equal(shifted.model_matrix(sample), expected)
+
+
 def test_training_is_deterministic(fleet):
     config = DetectorConfig(n_estimators=40)
     one_week = fleet.train_features.loc[fleet.train_features["timestamp"] >= pd.Timestamp(DAYS[4], tz="UTC")]

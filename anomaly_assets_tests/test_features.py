@@ -101,6 +101,19 @@ def test_delta_and_gap_reach_back_over_a_silence_longer_than_the_lookback(three_
     assert_features_close(daily, expected, SPEC.device_feature_columns())
 
 
+def test_daily_features_read_in_place_equal_features_of_the_rows_copied_out(three_days):
+    """build_daily_features reads the day and its lookback where they lie in the frame: the same
+    bits as build_device_features on those rows copied out first, in any row order."""
+    from anomaly_assets.core.features import _lookback_and_day
+
+    days, telemetry = three_days
+    for frame in (telemetry, telemetry.sample(frac=1.0, random_state=5)):
+        for day in (pd.Timestamp(days[1], tz="UTC"), pd.Timestamp(days[2], tz="UTC")):
+            rows = frame.loc[_lookback_and_day(frame, frame["timestamp"], day, SPEC.lookback)]
+            copied = build_device_features(rows, SPEC, keep_from=day)
+            pd.testing.assert_frame_equal(build_daily_features(frame, SPEC, [day]), copied, check_exact=True)
+
+
 def test_without_lookback_the_first_hour_differs(three_days):
     """Sanity check that the comparison above has teeth: dropping the lookback changes features."""
     days, telemetry = three_days

@@ -42,3 +42,19 @@ def test_features_without_numba_equal_the_compiled_path(monkeypatch):
     columns = spec.device_feature_columns()
     np.testing.assert_allclose(fallback[columns], compiled[columns], rtol=1e-7, atol=1e-6)
     pd.testing.assert_frame_equal(fallback.drop(columns=columns), compiled.drop(columns=columns))
+
+
+def test_top_3_loop_equals_the_general_loop_with_nan_and_ties():
+    rng = np.random.default_rng(2)
+    matrix = rng.normal(size=(3_000, 46))
+    matrix[:20] = 0.0  # all tie
+    matrix[20:40, 5] = matrix[20:40, 8] = matrix[20:40, 30] = 50.0  # a three-way tie
+    matrix[40:60, :] = np.nan  # nothing ranks: columns 0, 1, 2 as in the general loop
+    matrix[60:80, ::3] = np.nan
+    medians, scales = rng.normal(size=46), rng.uniform(0.5, 2.0, 46)
+    expected = kernels._top_k_abs_z_loop(matrix, medians, scales, 3)  # plain Python
+    np.testing.assert_array_equal(kernels._top_3_abs_z_loop(matrix, medians, scales), expected)
+    np.testing.assert_array_equal(kernels.top_k_abs_z(matrix, medians, scales, 3), expected)
+    np.testing.assert_array_equal(
+        kernels.top_k_abs_z(matrix, medians, scales, 2), kernels._top_k_abs_z_loop(matrix, medians, scales, 2)
+    )

@@ -6,6 +6,7 @@ behaviour (checks, quarantine table, failing runs) is in test_validation_assets.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from collections import Counter
@@ -133,6 +134,30 @@ def test_clean_day_passes_unchanged_and_keeps_sensor_dropouts():
     assert expectations["counters.data_used_mb_today"] == "expect_column_pair_values_a_to_be_greater_than_b"
     assert expectations["window.timestamp_in_partition"] == "expect_column_values_to_be_between"
     assert expectations["schema.column_exists.device_id"] == "expect_column_to_exist"
+
+
+def test_expectation_configurations_are_memoized_only_during_a_validation(clean, monkeypatch):
+    """Each GX expectation's configuration is built once per validation call, and GX's own
+    property is back in place afterwards, also when the validation fails."""
+    from great_expectations.expectations.expectation import Expectation
+
+    from anomaly_assets.core import validation
+
+    original = Expectation.__dict__["configuration"]
+    broken = clean.assign(battery_level_pct=clean["battery_level_pct"].where(clean.index % 50 != 0, 500.0))
+    first = validate(broken)
+    assert Expectation.__dict__["configuration"] is original
+    assert first.rule_counts == {"ranges.battery_level_pct": int((clean.index % 50 == 0).sum())}
+    # The same outcome with GX building every configuration on each read, as it does itself.
+    monkeypatch.setattr(validation._GX, "_configurations_memoized", lambda self: contextlib.nullcontext())
+    unmemoized = validate(broken)
+    pd.testing.assert_frame_equal(unmemoized.valid, first.valid)
+    pd.testing.assert_frame_equal(unmemoized.quarantined, first.quarantined)
+    assert unmemoized.rule_results == first.rule_results
+    monkeypatch.undo()
+    with pytest.raises(SchemaError):
+        validate(clean.assign(cpu_util_pct="high"))
+    assert Expectation.__dict__["configuration"] is original
 
 
 def test_representation_changes_that_lose_nothing_are_accepted(clean):

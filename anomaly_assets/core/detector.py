@@ -9,6 +9,7 @@ raw features with no other state.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Any
 
 import numpy as np
@@ -78,8 +79,16 @@ class FleetAnomalyModel:
         frame = _model_frame(device_features, self.spec, self.cohort_stats, self.baselines)
         return frame[_monitored(self.spec, self.feature_columns)]
 
-    def model_matrix(self, device_features: pd.DataFrame) -> np.ndarray:
-        """The forest's input: device features plus cohort features, NaN imputed with medians."""
+    def cohorts(self, device_features: pd.DataFrame) -> tuple[np.ndarray, pd.Series]:
+        """Each row's cohort (``cohort_index``): computed once, it serves ``model_matrix`` and
+        ``score_from``, which otherwise each compute it."""
+        return cohort_index(device_features, self.spec.cohort_columns)
+
+    def model_matrix(
+        self, device_features: pd.DataFrame, cohorts: tuple[np.ndarray, pd.Series] | None = None
+    ) -> np.ndarray:
+        """The forest's input: device features plus cohort features, NaN imputed with medians.
+        ``cohorts``: ``self.cohorts(device_features)`` when the caller has it."""
         # Built directly, row-major, with only the forest's columns: the same values as selecting
         # them from ``_model_frame`` and imputing, without building the frame.
         spec, columns = self.spec, list(self.feature_columns)
@@ -108,14 +117,14 @@ class FleetAnomalyModel:
         z_cohort = b_cohort = hour = np.zeros(n, dtype=np.int64)
         mean = std = np.zeros((1, 24, len(metrics)))
         low = high = width = np.zeros((1, len(metrics)))
-        index = cohort_index(device_features, spec.cohort_columns) if (kinds != 0).any() else None
+        index = (cohorts or self.cohorts(device_features)) if (kinds != 0).any() else None
         if (kinds == 1).any():
-            cohorts, mean, std = cohort_z_tables(self.cohort_stats, metrics)
-            z_cohort = row_cohorts(device_features, cohorts, spec.cohort_columns, index)
+            z_names, mean, std = _model_table(cohort_z_tables, self.cohort_stats, metrics)
+            z_cohort = row_cohorts(device_features, z_names, spec.cohort_columns, index)
             hour = row_hours(device_features)
         if (kinds == 2).any():
-            cohorts, low, high, width = baseline_tables(self.baselines, metrics)
-            b_cohort = row_cohorts(device_features, cohorts, spec.cohort_columns, index)
+            b_names, low, high, width = _model_table(baseline_tables, self.baselines, metrics)
+            b_cohort = row_cohorts(device_features, b_names, spec.cohort_columns, index)
         return model_matrix_from_sources(
             src, kinds, sources, metric_src, z_cohort, hour, mean, std, b_cohort, low, high, width, self.medians
         )
@@ -140,18 +149,25 @@ class FleetAnomalyModel:
 
     def score(self, device_features: pd.DataFrame) -> pd.DataFrame:
         """One row per input row with SCORED_COLUMNS (model name and version are added by the caller)."""
-        matrix = self.model_matrix(device_features)
-        return self.score_from(device_features, matrix, self.raw_scores(matrix))
+        cohorts = self.cohorts(device_features)
+        matrix = self.model_matrix(device_features, cohorts)
+        return self.score_from(device_features, matrix, self.raw_scores(matrix), cohorts)
 
-    def score_from(self, device_features: pd.DataFrame, matrix: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
-        """The scored frame from already computed model inputs and raw scores."""
+    def score_from(
+        self,
+        device_features: pd.DataFrame,
+        matrix: np.ndarray,
+        scores: np.ndarray,
+        cohorts: tuple[np.ndarray, pd.Series] | None = None,
+    ) -> pd.DataFrame:
+        """The scored frame from already computed model inputs and raw scores (and cohorts)."""
         # String columns are taken from their few distinct values (one array per name list), not
         # inferred from per-row Python strings: the same values and dtypes, far fewer objects.
         top = top_k_abs_z(matrix, self.medians, self.scales, 3)
         names = np.asarray(self.feature_columns, dtype=object)
         if len(top):  # the string array pandas would infer from these names (none for no rows)
             names = pd.Series(names).array
-        index, keys = cohort_index(device_features, self.spec.cohort_columns)
+        index, keys = cohorts or self.cohorts(device_features)
         if keys.isna().any() or not len(keys):
             cohort = keys.to_numpy()[index] if len(keys) else cohort_keys(device_features, self.spec.cohort_columns).to_numpy()
         else:
@@ -170,6 +186,24 @@ class FleetAnomalyModel:
                 "top_feature_3": names.take(top[:, 2]) if top.shape[1] > 2 else None,
             }
         )
+
+
+_TABLES: dict[tuple[Any, int, tuple[str, ...]], tuple[weakref.ref, Any]] = {}
+
+
+def _model_table(build: Any, frame: pd.DataFrame, metrics: list[str]) -> Any:
+    """``build(frame, metrics)`` for a model's cohort stats or baselines, built once per frame
+    rather than once per scored chunk (~7 ms each time). A model's fitted frames are not changed
+    after training; the entry is dropped once the frame itself is gone."""
+    key = (build, id(frame), tuple(metrics))
+    found = _TABLES.get(key)
+    if found is not None and found[0]() is frame:
+        return found[1]
+    for stale in [k for k, (ref, _) in _TABLES.items() if ref() is None]:
+        del _TABLES[stale]
+    value = build(frame, metrics)
+    _TABLES[key] = (weakref.ref(frame), value)
+    return value
 
 
 def _model_frame(

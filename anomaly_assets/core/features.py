@@ -76,13 +76,25 @@ def build_device_features(
     Output: key columns (device_id, timestamp, cohort columns, labels if present), then
     ``spec.device_feature_columns()`` as float64, sorted by device and time.
     """
+    return _device_features(telemetry, spec, keep_from, None)
+
+
+def _device_features(
+    telemetry: pd.DataFrame, spec: FeatureSpec, keep_from: pd.Timestamp | None, positions: np.ndarray | None
+) -> pd.DataFrame:
+    """``build_device_features(telemetry.iloc[positions], spec, keep_from)`` (all rows when
+    ``positions`` is None), reading the selected rows' values straight from ``telemetry``: the
+    selection is never copied as a whole frame, and each kept key is taken once."""
     missing = [c for c in ("device_id", "timestamp", *spec.cohort_columns, *spec.metrics) if c not in telemetry]
     if missing:
         raise KeyError(f"telemetry lacks columns needed for features: {missing}")
     keys = [c for c in ("device_id", "timestamp", *spec.cohort_columns, *spec.label_columns) if c in telemetry]
-    device_codes = pd.factorize(telemetry["device_id"], sort=True)[0].astype(np.int64)
+    devices = telemetry["device_id"] if positions is None else telemetry["device_id"].take(positions)
+    device_codes = pd.factorize(devices, sort=True)[0].astype(np.int64)
     time_ms = telemetry["timestamp"].to_numpy(dtype="datetime64[ms]").astype(np.int64)
-    n_rows = len(telemetry)
+    if positions is not None:
+        time_ms = time_ms[positions]
+    n_rows = len(time_ms)
     # One sortable key per row: rows of one device are contiguous and time-ordered, and devices
     # lie further apart than the longest window, so no window reaches into the previous device.
     longest_ms = max(pd.Timedelta(w) // pd.Timedelta("1ms") for w in spec.windows)
@@ -107,11 +119,13 @@ def build_device_features(
     # as it is (its blocks are column-major too).
     matrix = np.empty((int(keep.sum()), len(columns)), order="F")
     out = _ColumnWriter(matrix, position, keep)
+    # Source rows of the sorted selection in ``telemetry`` (None: all of them, in their order).
+    source = (None if in_order else order) if positions is None else (positions if in_order else positions[order])
     metric_values = telemetry[list(spec.metrics)].to_numpy(dtype=np.float64)
-    if not in_order:  # column by column: each sorted metric is then one contiguous array
-        unsorted, metric_values = metric_values, np.empty(metric_values.shape, order="F")
+    if source is not None:  # column by column: each sorted metric is then one contiguous array
+        unsorted, metric_values = metric_values, np.empty((n_rows, metric_values.shape[1]), order="F")
         for j in range(unsorted.shape[1]):
-            np.take(unsorted[:, j], order, out=metric_values[:, j], mode="clip")
+            np.take(unsorted[:, j], source, out=metric_values[:, j], mode="clip")
     rows = np.flatnonzero(keep).astype(np.int64) if out.rows is None else out.rows.astype(np.int64)
     starts_block = np.stack([starts.astype(np.int64) for starts in window_starts.values()]) if window_starts else None
     for j, metric in enumerate(spec.metrics):
@@ -150,11 +164,19 @@ def build_device_features(
     gap[1:] = (time_ms[1:] - time_ms[:-1]) / 60_000.0
     out["gap_minutes"] = np.where(same_device_as_previous, gap, np.nan)
 
-    # Only the kept rows' keys, taken once in (device, time) order.
-    if keep.all():
-        key_frame = telemetry[keys].reset_index(drop=True) if in_order else telemetry[keys].take(order).reset_index(drop=True)
+    # Only the kept rows' keys, taken once in (device, time) order; a run of consecutive rows (a
+    # day's rows, sorted, after their lookback) is sliced rather than copied.
+    if source is None:
+        kept = None if keep.all() else np.flatnonzero(keep)
     else:
-        key_frame = telemetry[keys].take(order[keep] if not in_order else np.flatnonzero(keep)).reset_index(drop=True)
+        kept = source if keep.all() else source[keep]
+    if kept is None:
+        key_frame = telemetry[keys]
+    elif len(kept) and kept[-1] - kept[0] + 1 == len(kept) and bool((np.diff(kept) == 1).all()):
+        key_frame = telemetry[keys].iloc[kept[0] : kept[-1] + 1]
+    else:
+        key_frame = telemetry[keys].take(kept)
+    key_frame = key_frame.reset_index(drop=True)
     return pd.concat([key_frame, pd.DataFrame(matrix, columns=columns, copy=False)], axis=1)
 
 
@@ -236,9 +258,10 @@ def build_daily_features(telemetry: pd.DataFrame, spec: FeatureSpec, day_starts:
     stamps = telemetry["timestamp"]
     parts = []
     for day in day_starts:
-        rows = telemetry.loc[_lookback_and_day(telemetry, stamps, day, spec.lookback)]
-        if (rows["timestamp"] >= day).any():
-            parts.append(build_device_features(rows, spec, keep_from=day))
+        in_day = _lookback_and_day(telemetry, stamps, day, spec.lookback)
+        if (in_day & (stamps >= day).to_numpy()).any():
+            # The day's rows and their lookback, read in place rather than copied out first.
+            parts.append(_device_features(telemetry, spec, day, np.flatnonzero(in_day)))
     if not parts:
         return build_device_features(telemetry.iloc[0:0], spec)
     return pd.concat(parts, ignore_index=True)

