@@ -315,3 +315,48 @@ def test_a_sql_table_source_streams_ordered_by_device(tmp_path):
     parts = list(source.read_window_chunks(start, start + pd.Timedelta(days=1)))
     assert [len(p) for p in parts] == [5, 5, 2]
     assert pd.concat(parts)["device_id"].tolist() == ["a"] * 4 + ["b"] * 4 + ["c"] * 4
+
+
+def test_the_chunk_size_comes_from_the_environment(tmp_path):
+    from anomaly_assets.resources.environment import build_resources
+    from anomaly_assets.settings import Settings
+
+    settings = Settings.from_env({"ANOMALY_ASSETS_HOME": str(tmp_path), "ANOMALY_ASSETS_DEVICES_PER_CHUNK": "250"})
+    assert settings.devices_per_chunk == 250
+    assert build_resources(settings)["io_manager"].devices_per_chunk == 250
+    assert Settings.from_env({"ANOMALY_ASSETS_HOME": str(tmp_path)}).devices_per_chunk == 1_000
+    with pytest.raises(ValueError, match="ANOMALY_ASSETS_DEVICES_PER_CHUNK must be at least 1, got 0"):
+        Settings.from_env({"ANOMALY_ASSETS_DEVICES_PER_CHUNK": "0"})
+
+
+def test_replacing_a_partition_from_batches_is_all_or_nothing(tmp_path):
+    from anomaly_assets.resources.results_store import ResultsStore, device_daily_summary
+
+    store = ResultsStore(url=f"sqlite:///{tmp_path / 'results.db'}")
+
+    def summary(devices, day="2026-11-05"):
+        return pd.DataFrame(
+            {
+                "partition_date": day,
+                "device_id": devices,
+                "cohort": "c",
+                "samples": 288,
+                "anomalies": 1,
+                "max_severity": 60.0,
+                "mean_score": 0.4,
+                "model_name": "m",
+                "model_version": "1",
+                "top_feature": "x",
+            }
+        )
+
+    assert store.replace_partitions(device_daily_summary, ["2026-11-05"], iter([summary(["a", "b"]), summary(["c"])])) == 3
+
+    def broken():
+        yield summary(["d"])
+        yield summary(["e"], day="2026-11-06")  # outside the partition being replaced
+
+    with pytest.raises(ValueError, match=r"rows for partitions \['2026-11-06'\] outside"):
+        store.replace_partitions(device_daily_summary, ["2026-11-05"], broken())
+    kept = store.read_frame("select device_id from device_daily_summary order by device_id")
+    assert kept["device_id"].tolist() == ["a", "b", "c"]  # the failed replacement left no trace

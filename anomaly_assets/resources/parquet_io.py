@@ -160,7 +160,7 @@ class PartitionSpool:
 
     def _append(self, key: str | None, frame: pd.DataFrame) -> None:
         if key not in self.heads:
-            self.heads[key] = frame.head(PREVIEW_ROWS).reset_index(drop=True)
+            self.heads[key] = frame.head(PREVIEW_ROWS).reset_index(drop=True).copy()
         table = pa.Table.from_pandas(frame, preserve_index=False)
         if self._schema is None:
             self._schema = table.schema
@@ -209,6 +209,13 @@ class PartitionSpool:
                 else:
                     pq.write_table(self._schema.empty_table(), self._file(key))
         return {key: self._file(key) for key in self.keys}
+
+    def batches(self, rows: int = 100_000) -> Iterator[pd.DataFrame]:
+        """Every partition's rows again, ``rows`` at a time (to load them elsewhere)."""
+        for file in self.files().values():
+            parquet = pq.ParquetFile(file)
+            for batch in parquet.iter_batches(batch_size=rows):
+                yield batch.to_pandas()
 
     def read(self, key: str | None = None) -> pd.DataFrame:
         """A partition's rows (for tests and small outputs)."""

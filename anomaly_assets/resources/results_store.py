@@ -6,7 +6,7 @@ inserts the new ones in one transaction, so re-materializing replaces and never 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -187,15 +187,23 @@ class ResultsStore(dg.ConfigurableResource):
             self._engine = engine
         return self._engine
 
-    def replace_partitions(self, table: sa.Table, partition_dates: Sequence[str], frame: pd.DataFrame) -> int:
-        """Delete every row of ``partition_dates`` and insert ``frame``, atomically."""
-        unknown = sorted(set(frame["partition_date"]) - set(partition_dates)) if len(frame) else []
-        if unknown:
-            raise ValueError(f"rows for partitions {unknown} outside the partitions being replaced {list(partition_dates)}")
+    def replace_partitions(
+        self, table: sa.Table, partition_dates: Sequence[str], frames: pd.DataFrame | Iterable[pd.DataFrame]
+    ) -> int:
+        """Delete every row of ``partition_dates`` and insert ``frames`` (a frame, or frames one
+        after another, so millions of rows need not be in memory at once), atomically."""
+        inserted = 0
         with self.engine.begin() as connection:
             connection.execute(table.delete().where(table.c.partition_date.in_(list(partition_dates))))
-            self.insert(connection, table, frame)
-        return len(frame)
+            for frame in [frames] if isinstance(frames, pd.DataFrame) else frames:
+                unknown = sorted(set(frame["partition_date"]) - set(partition_dates)) if len(frame) else []
+                if unknown:
+                    raise ValueError(
+                        f"rows for partitions {unknown} outside the partitions being replaced {list(partition_dates)}"
+                    )
+                self.insert(connection, table, frame)
+                inserted += len(frame)
+        return inserted
 
     @staticmethod
     def insert(connection: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> None:

@@ -177,7 +177,7 @@ def validated_telemetry(
                 broken.setdefault(day, error)
                 continue
             spool.append(result.valid)
-            parts.setdefault(day, []).append((len(result.valid), dataclasses.replace(result, valid=result.valid.iloc[0:0])))
+            parts.setdefault(day, []).append((len(result.valid), dataclasses.replace(result, valid=result.valid.iloc[0:0].copy())))
         if broken:  # the schema is the same in every chunk: the first broken one says it all
             break
     results = {day: DayValidation.of(day_parts) for day, day_parts in parts.items()}

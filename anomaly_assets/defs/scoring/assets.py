@@ -19,6 +19,8 @@ from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
 from anomaly_assets.resources.parquet_io import DeviceChunks, PartitionSpool
 from anomaly_assets.resources.results_store import anomaly_events, device_daily_summary
 
+TOP_DEVICES = 10
+
 
 @dg.asset(
     partitions_def=daily_partitions,
@@ -39,9 +41,13 @@ def scored_anomalies(
     version, model = model_registry.load_champion()
     days = days_in(start, end)
     spool = PartitionSpool(context.partition_keys)
-    events, summaries, hourly = [], [], []
-    # A chunk of whole devices at a time: every row is kept in the spool; only the flagged rows,
-    # the per-device summary and hourly counts stay in memory.
+    events = PartitionSpool(None)  # the flagged rows, also spooled: ~1% of a fleet's rows can be millions
+    summaries, hourly = [], []
+    flagged = dict.fromkeys(days, 0)
+    flagged_devices = dict.fromkeys(days, 0)
+    worst: dict[str, list[pd.DataFrame]] = {day: [] for day in days}
+    # A chunk of whole devices at a time: every row and every flagged row go to spools; only the
+    # per-device summary, hourly counts and each chunk's worst devices stay in memory.
     for chunk in device_features:
         if chunk.empty:
             continue
@@ -51,43 +57,53 @@ def scored_anomalies(
             partition_date=lambda f: f["timestamp"].dt.strftime("%Y-%m-%d"),
         )
         spool.append(scored)
-        events.append(scored.loc[scored["is_anomaly"]])
+        chunk_events = scored.loc[scored["is_anomaly"]]
+        events.append(chunk_events)
+        for day, day_events in chunk_events.groupby("partition_date"):
+            # A device lies in one chunk, so per-chunk counts add up and the fleet's worst devices
+            # are among the chunks' own worst.
+            flagged[day] += len(day_events)
+            flagged_devices[day] += day_events["device_id"].nunique()
+            worst[day].append(top_devices(day_events, TOP_DEVICES))
         summaries.append(daily_device_summary(scored))
         hourly.append(reports.flagged_per_hour(scored).assign(partition_date=lambda f: f["bucket"].dt.strftime("%Y-%m-%d")))
-        del scored
-    events = _concat(events)
+        del scored, chunk_events
     summary = _concat(summaries)
     hourly = _concat(hourly)
-    results_store.replace_partitions(anomaly_events, days, events)
+    try:
+        results_store.replace_partitions(anomaly_events, days, events.batches())
+    finally:
+        events.discard()
     results_store.replace_partitions(device_daily_summary, days, summary)
     training_end = pd.Timestamp(model.training_summary.get("validation_end", "1970-01-01"))
 
     def describe(day: str) -> dict:
         rows = spool.rows_by_key[day]
-        flagged_rows = events.loc[events["partition_date"] == day] if len(events) else events
-        flagged = len(flagged_rows)
         counts = hourly.loc[hourly["partition_date"] == day] if len(hourly) else hourly
         figures = {"anomalies_over_time": reports.anomalies_over_time(counts)} if len(counts) else {}
         try:
             mlflow_run = model_registry.log_scoring_run(
                 day,
                 version,
-                metrics={"rows": rows, "anomalies": flagged, "anomaly_rate": flagged / max(rows, 1)},
+                metrics={"rows": rows, "anomalies": flagged[day], "anomaly_rate": flagged[day] / max(rows, 1)},
                 figures=figures,
                 tags={"dagster_run_id": context.run.run_id},
             )
         finally:
             reports.close(figures)
+        top = _concat(worst[day])
+        if len(top):
+            top = top.sort_values("max_severity", ascending=False, kind="stable").head(TOP_DEVICES)
         return {
             "dagster/row_count": rows,
             "mlflow_run": dg.MetadataValue.url(mlflow_run),
-            "anomalies": flagged,
-            "anomaly_rate": round(flagged / rows, 6) if rows else 0.0,
-            "devices_with_anomalies": int(flagged_rows["device_id"].nunique()) if flagged else 0,
+            "anomalies": flagged[day],
+            "anomaly_rate": round(flagged[day] / rows, 6) if rows else 0.0,
+            "devices_with_anomalies": flagged_devices[day],
             "model_name": model_registry.model_name,
             "model_version": version,
             "scores_training_days": bool(training_end >= start),
-            "top_devices": markdown_preview(top_devices(flagged_rows) if flagged else pd.DataFrame(), rows=10),
+            "top_devices": markdown_preview(top, rows=TOP_DEVICES),
         }
 
     return dg.Output(spool, metadata=partition_metadata(context, {day: describe(day) for day in days}))
