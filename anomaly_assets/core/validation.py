@@ -133,10 +133,19 @@ class ValidationResult:
     unknown_columns: tuple[str, ...] = ()
     unknown_column_policy: str = "drop"
     seconds: float = 0.0
+    valid_rows: int | None = None  # len(valid); kept by ``without_valid`` when the rows go elsewhere
+
+    def __post_init__(self) -> None:
+        if self.valid_rows is None:
+            object.__setattr__(self, "valid_rows", len(self.valid))
+
+    def without_valid(self) -> ValidationResult:
+        """This result without its valid rows (written elsewhere): counts, rules and quarantine kept."""
+        return dataclasses.replace(self, valid=self.valid.iloc[0:0].copy(), valid_rows=self.valid_rows)
 
     @property
     def raw_rows(self) -> int:
-        return len(self.valid) + len(self.quarantined)
+        return self.valid_rows + len(self.quarantined)
 
     @property
     def bad_row_share(self) -> float:

@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import dagster as dg
 import numpy as np
@@ -149,16 +149,22 @@ class PartitionSpool:
         self._schema: pa.Schema | None = None
 
     def append(self, frame: pd.DataFrame) -> None:
+        for key, part in self.split(frame):
+            self.append_to(key, part)
+
+    def split(self, frame: pd.DataFrame) -> Iterator[tuple[str | None, pd.DataFrame]]:
+        """``frame``'s rows per partition (by ``day_keys``), partitions without rows left out."""
         if len(self.keys) == 1:
-            self._append(self.keys[0], frame)
+            yield self.keys[0], frame
             return
         days = day_keys(frame, self.keys)
         for key in self.keys:
             part = frame.loc[days == key]
             if len(part):
-                self._append(key, part)
+                yield key, part
 
-    def _append(self, key: str | None, frame: pd.DataFrame) -> None:
+    def append_to(self, key: str | None, frame: pd.DataFrame) -> None:
+        """Append rows that all belong to partition ``key``."""
         if key not in self.heads:
             self.heads[key] = frame.head(PREVIEW_ROWS).reset_index(drop=True).copy()
         table = pa.Table.from_pandas(frame, preserve_index=False)
@@ -297,13 +303,7 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
             with path.open("wb") as handle:
                 frame.to_parquet(handle, index=False)
             return
-        temporary = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex}")
-        try:
-            frame.to_parquet(temporary.path, index=False)
-            os.replace(temporary.path, path.path)
-        finally:
-            if temporary.exists():
-                temporary.unlink()
+        _replace(path, lambda temporary: frame.to_parquet(temporary, index=False))
 
     @staticmethod
     def _put(path: UPath, file: str) -> None:
@@ -313,13 +313,19 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
             with open(file, "rb") as source, path.open("wb") as target:
                 shutil.copyfileobj(source, target, length=16 << 20)
             return
-        temporary = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex}")
-        try:
-            shutil.move(file, temporary.path)  # a rename on the same file system, else a copy
-            os.replace(temporary.path, path.path)
-        finally:
-            if temporary.exists():
-                temporary.unlink()
+        _replace(path, lambda temporary: shutil.move(file, temporary))  # a rename on the same file system
+
+
+def _replace(path: UPath, fill: Callable[[str], object]) -> None:
+    """Fill a temporary file beside a local ``path``, then rename it over ``path``: readers see
+    the old file or the whole new one, never a half-written one."""
+    temporary = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        fill(temporary.path)
+        os.replace(temporary.path, path.path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
 
 
 def _widened(written: pa.Schema, incoming: pa.Schema) -> pa.Schema:

@@ -326,16 +326,20 @@ class FileTelemetrySource(_MappedSource):
 
     def _source_chunks(self, start: pd.Timestamp, end: pd.Timestamp) -> Iterator[pd.DataFrame]:
         columns = self.mapping.source_columns()
-        try:
-            for path in self._files():
-                if self._format_of(path) == "parquet":
-                    import pyarrow.parquet as pq
+        for path in self._files():
+            if self._format_of(path) == "parquet":
+                import pyarrow.parquet as pq
 
-                    parquet = pq.ParquetFile(path)
-                    for batch in parquet.iter_batches(batch_size=self.chunk_rows, columns=columns):
-                        yield batch.to_pandas()
-                else:
-                    yield from pd.read_csv(path, usecols=columns, chunksize=self.chunk_rows, dtype={self.mapping.device_id: str})
+                parquet = pq.ParquetFile(path)
+                for batch in parquet.iter_batches(batch_size=self.chunk_rows, columns=columns):
+                    yield batch.to_pandas()
+            else:
+                yield from pd.read_csv(path, usecols=columns, chunksize=self.chunk_rows, dtype={self.mapping.device_id: str})
+
+    def read_window_chunks(self, start: pd.Timestamp, end: pd.Timestamp) -> Iterator[pd.DataFrame]:
+        # A file that cannot be read or mapped is named, as before streaming.
+        try:
+            yield from super().read_window_chunks(start, end)
         except (OSError, ValueError) as error:
             raise TelemetrySourceError(f"telemetry source '{self.name}' ({self.glob}): {error}") from None
 

@@ -24,13 +24,13 @@ from anomaly_assets.defs.partitions import (
     daily_partitions,
     days_in,
     markdown_preview,
-    partition_window,
     partition_metadata,
+    partition_window,
 )
 from anomaly_assets.core.inventory import join_inventory
 from anomaly_assets.defs.inventory.assets import read_inventory
 from anomaly_assets.resources import ResultsStore, TelemetrySource
-from anomaly_assets.resources.parquet_io import DeviceChunks, PartitionSpool, day_keys, group_by_device
+from anomaly_assets.resources.parquet_io import DeviceChunks, PartitionSpool, group_by_device
 from anomaly_assets.resources.sources import InventorySource
 from anomaly_assets.resources.results_store import quarantined_telemetry
 
@@ -82,12 +82,10 @@ def raw_telemetry(
         # unchanged as written), so the delivery is stored and validation reports the column's type.
         mixed += [c for c in part.columns if c not in mixed and (part[c].dtype == object and _mixed_types(part[c]))]
         part = part.assign(**{c: part[c].astype("str") for c in mixed if c in part and part[c].dtype != "str"})
-        part = group_by_device(part)
-        keys = day_keys(part, spool.keys) if len(spool.keys) > 1 else pd.Series(spool.keys[0], index=part.index)
-        if "device_id" in part:
-            for key in spool.keys:
-                devices[key].update(part.loc[keys == key, "device_id"].dropna().unique())
-        spool.append(part)
+        for key, rows in spool.split(group_by_device(part)):
+            if "device_id" in rows:
+                devices[key].update(rows["device_id"].dropna().unique())
+            spool.append_to(key, rows)
     if enrich and "devices_missing_from_inventory" in inventory_report:
         inventory_report["devices_missing_from_inventory"] = len(missing_from_inventory)
     metadata = {
@@ -163,7 +161,7 @@ def validated_telemetry(
     # the first day, where they are quarantined, never lost.
     day_starts = pd.DatetimeIndex(pd.to_datetime(days)).tz_localize("UTC")
     spool = PartitionSpool(context.partition_keys)
-    parts: dict[str, list[tuple[int, ValidationResult]]] = {}  # per day: (valid rows, result without them)
+    parts: dict[str, list[ValidationResult]] = {}  # per day, each chunk's result without its valid rows
     broken: dict[str, SchemaError] = {}
     total = 0
     for chunk in raw_telemetry:
@@ -177,10 +175,10 @@ def validated_telemetry(
                 broken.setdefault(day, error)
                 continue
             spool.append(result.valid)
-            parts.setdefault(day, []).append((len(result.valid), dataclasses.replace(result, valid=result.valid.iloc[0:0].copy())))
+            parts.setdefault(day, []).append(result.without_valid())
         if broken:  # the schema is the same in every chunk: the first broken one says it all
             break
-    results = {day: DayValidation.of(day_parts) for day, day_parts in parts.items()}
+    results = {day: _merged_day(day_parts) for day, day_parts in parts.items()}
 
     if broken:
         spool.discard()
@@ -245,45 +243,21 @@ def validated_telemetry(
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class DayValidation:
-    """One day's validation over all its chunks of devices; the valid rows themselves are spooled."""
-
-    valid_rows: int
-    quarantined: pd.DataFrame
-    rule_counts: dict[str, int]
-    rule_results: tuple[RuleResult, ...]
-    unknown_columns: tuple[str, ...]
-    unknown_column_policy: str
-    seconds: float
-
-    @classmethod
-    def of(cls, counted: list[tuple[int, ValidationResult]]) -> "DayValidation":
-        parts = [part for _, part in counted]
-        rules: dict[str, list[RuleResult]] = {}
-        for part in parts:
-            for rule in part.rule_results:
-                rules.setdefault(rule.rule, []).append(rule)
-        return cls(
-            valid_rows=sum(valid for valid, _ in counted),
-            quarantined=pd.concat([p.quarantined for p in parts], ignore_index=True) if len(parts) > 1 else parts[0].quarantined,
-            rule_counts=_sum_counts(parts),
-            rule_results=tuple(_merge(same) for same in rules.values()),
-            unknown_columns=tuple(dict.fromkeys(c for p in parts for c in p.unknown_columns)),
-            unknown_column_policy=parts[0].unknown_column_policy,
-            seconds=sum(p.seconds for p in parts),
-        )
-
-    @property
-    def raw_rows(self) -> int:
-        return self.valid_rows + len(self.quarantined)
-
-    @property
-    def bad_row_share(self) -> float:
-        return len(self.quarantined) / self.raw_rows if self.raw_rows else 0.0
-
-    def family_results(self, family: str) -> tuple[RuleResult, ...]:
-        return tuple(r for r in self.rule_results if r.family == family)
+def _merged_day(parts: list[ValidationResult]) -> ValidationResult:
+    """One day's validation over all its chunks of devices (their valid rows are spooled)."""
+    rules: dict[str, list[RuleResult]] = {}
+    for part in parts:
+        for rule in part.rule_results:
+            rules.setdefault(rule.rule, []).append(rule)
+    return dataclasses.replace(
+        parts[0],
+        valid_rows=sum(p.valid_rows for p in parts),
+        quarantined=pd.concat([p.quarantined for p in parts], ignore_index=True) if len(parts) > 1 else parts[0].quarantined,
+        rule_counts=_sum_counts(parts),
+        rule_results=tuple(_merge(same) for same in rules.values()),
+        unknown_columns=tuple(dict.fromkeys(c for p in parts for c in p.unknown_columns)),
+        seconds=sum(p.seconds for p in parts),
+    )
 
 
 def _split_by_day(
@@ -314,7 +288,7 @@ def _schema_broken_checks(broken: dict[str, SchemaError]):
     )
 
 
-def _family_check(name: str, family: str, results: dict[str, DayValidation]) -> dg.AssetCheckResult:
+def _family_check(name: str, family: str, results: dict[str, ValidationResult]) -> dg.AssetCheckResult:
     rules: dict[str, list[RuleResult]] = {}
     for result in results.values():
         for rule in result.family_results(family):
@@ -358,7 +332,7 @@ def _merge(parts: list[RuleResult]) -> RuleResult:
 
 
 def _bad_row_share_check(
-    results: dict[str, DayValidation], contract: TelemetryContract, empty: list[str]
+    results: dict[str, ValidationResult], contract: TelemetryContract, empty: list[str]
 ) -> dg.AssetCheckResult:
     limit = contract.max_bad_row_share
     shares = {day: r.bad_row_share for day, r in results.items()}
@@ -397,7 +371,7 @@ def _sum_counts(results) -> dict[str, int]:
     return counts
 
 
-def _validation_metadata(result: DayValidation, contract: TelemetryContract) -> dict:
+def _validation_metadata(result: ValidationResult, contract: TelemetryContract) -> dict:
     quarantined = result.quarantined
     policy = result.unknown_column_policy
     return {
