@@ -141,7 +141,7 @@ def test_expectation_configurations_are_memoized_only_during_a_validation(clean,
     property is back in place afterwards, also when the validation fails."""
     from great_expectations.expectations.expectation import Expectation
 
-    from anomaly_assets.core import validation
+    from anomaly_assets.core.validation.engine import _GX
 
     original = Expectation.__dict__["configuration"]
     broken = clean.assign(battery_level_pct=clean["battery_level_pct"].where(clean.index % 50 != 0, 500.0))
@@ -149,7 +149,7 @@ def test_expectation_configurations_are_memoized_only_during_a_validation(clean,
     assert Expectation.__dict__["configuration"] is original
     assert first.rule_counts == {"ranges.battery_level_pct": int((clean.index % 50 == 0).sum())}
     # The same outcome with GX building every configuration on each read, as it does itself.
-    monkeypatch.setattr(validation._GX, "_configurations_memoized", lambda self: contextlib.nullcontext())
+    monkeypatch.setattr(_GX, "_configurations_memoized", lambda self: contextlib.nullcontext())
     unmemoized = validate(broken)
     pd.testing.assert_frame_equal(unmemoized.valid, first.valid)
     pd.testing.assert_frame_equal(unmemoized.quarantined, first.quarantined)
