@@ -12,8 +12,10 @@ import pytest
 import sqlalchemy as sa
 
 from anomaly_assets.core.inventory import join_inventory
+from anomaly_assets.core.timestamps import parse_utc
 from anomaly_assets.core.validation import validate_telemetry
 from anomaly_assets.defs.inventory.assets import read_inventory
+from anomaly_assets.redaction import redact
 from anomaly_assets.resources.sources import (
     LABEL_COLUMN,
     ColumnMapping,
@@ -22,8 +24,6 @@ from anomaly_assets.resources.sources import (
     OdbcTelemetrySource,
     SqlTelemetrySource,
     TelemetrySourceError,
-    redact_odbc,
-    redact_url,
 )
 from anomaly_assets_tests.conftest import require_service
 
@@ -37,7 +37,7 @@ MAPPING = ColumnMapping(
     cohorts={"manufacturer": "maker"},
     metrics={"cpu_util_pct": "cpu", "memory_used_pct": "mem"},
     label="lbl",
-    ranges={"cpu_util_pct": [0, 100]},
+    rules={"metrics": {"cpu_util_pct": {"min": 0, "max": 100}}},
 )
 
 
@@ -70,9 +70,11 @@ def expected_day() -> pd.DataFrame:
 def check_frame(frame: pd.DataFrame, source) -> None:
     assert len(frame) == len(expected_day()) == 72
     assert set(frame["device_id"]) == {"dev-1", "dev-2", EVIL}
-    assert list(frame.columns) == ["device_id", "timestamp", "manufacturer", "cpu_util_pct", "memory_used_pct", LABEL_COLUMN]
-    assert str(frame["timestamp"].dt.tz) == "UTC"
-    assert frame["timestamp"].min() == START and frame["timestamp"].max() == END - pd.Timedelta(hours=1)
+    columns = ["device_id", "timestamp", "manufacturer", "cpu_util_pct", "memory_used_pct", LABEL_COLUMN]
+    assert list(frame.columns) == columns + (["source_error"] if isinstance(source, FileTelemetrySource) else [])
+    stamps = parse_utc(frame["timestamp"])  # as delivered: a datetime column, or text (SQLite)
+    assert stamps.notna().all()
+    assert stamps.min() == START and stamps.max() == END - pd.Timedelta(hours=1)
     assert frame[LABEL_COLUMN].dtype == bool and frame[LABEL_COLUMN].any()
     evil = frame.loc[frame["device_id"] == EVIL]
     assert len(evil) == 24 and set(evil["manufacturer"]) == {"O'Brien; --"}
@@ -175,12 +177,12 @@ def test_unreachable_sql_source_names_host_not_password():
     message = str(caught.value)
     assert "127.0.0.1:1" in message and "'telemetry'" in message
     assert SECRET not in message and SECRET not in source.describe()
-    assert SECRET not in redact_url(url) and "***" in redact_url(url)
+    assert SECRET not in redact(url) and "***" in redact(url)
 
 
 def test_unreachable_odbc_source_names_host_not_password():
-    assert redact_odbc(f"DRIVER={{x}};SERVER=h;PWD={SECRET};UID=u") == "DRIVER={x};SERVER=h;PWD=***;UID=u"
-    assert SECRET not in redact_odbc(f"Server=h;Password={{{SECRET};x}}}};Uid=u")
+    assert redact(f"DRIVER={{x}};SERVER=h;PWD={SECRET};UID=u") == "DRIVER={x};SERVER=h;PWD=***;UID=u"
+    assert SECRET not in redact(f"Server=h;Password={{{SECRET};x}}}};Uid=u")
     driver = odbc_driver()
     require_service(driver is not None, "pyodbc with the psqlODBC driver is not installed")
     source = OdbcTelemetrySource(

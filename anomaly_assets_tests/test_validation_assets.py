@@ -179,7 +179,6 @@ def test_thirty_percent_bad_rows_block_the_run_before_features(tmp_path):
     [
         ("missing_column", "schema.column_exists.memory_used_pct", "the column is missing"),
         ("metric_as_strings", "schema.type.battery_temp_c", "observed str"),
-        ("mixed_metric", "schema.type.reboots", "observed str"),  # raw_telemetry stores it as text
     ],
 )
 def test_a_broken_schema_fails_the_run_naming_rule_and_column(tmp_path, kind, rule, observed):
@@ -194,6 +193,18 @@ def test_a_broken_schema_fails_the_run_naming_rule_and_column(tmp_path, kind, ru
     assert not (tmp_path / "parquet" / "device_features").exists()
     if kind == "metric_as_strings":
         assert "'2" in message or "'3" in message  # example values, e.g. '29.1 C'
+
+
+def test_a_cell_that_is_not_a_number_quarantines_its_row_only(tmp_path):
+    """raw_telemetry stores the mixed column as text, as delivered; validation reads the cells
+    that are numbers and quarantines the one that is not, naming column and value."""
+    result, store = run(tmp_path, "mixed_metric")
+    assert result.success
+    raw = pd.read_parquet(tmp_path / "parquet" / "raw_telemetry" / f"{PARTITION}.parquet")
+    assert raw["reboots"].iloc[5] == "ERR" and len(raw) == len(clean_frame())
+    rows = quarantine(store)
+    assert rows[["rule", "reason"]].values.tolist() == [["schema.type.reboots", "reboots='ERR' is not a number"]]
+    assert len(pd.read_parquet(validated_file(tmp_path))) == len(raw) - 1
 
 
 def test_an_empty_partition_fails_naming_source_and_window(tmp_path):

@@ -25,6 +25,9 @@ import yaml
 DEVICE_ID = "device_id"
 TIMESTAMP = "timestamp"
 KEY_COLUMNS: tuple[str, str] = (DEVICE_ID, TIMESTAMP)
+# Set by a source on a row it could not deliver whole (a CSV row cut off mid-way): the row is
+# kept as far as it goes and quarantined with this text as its reason.
+SOURCE_ERROR = "source_error"
 UNKNOWN_COLUMN_POLICIES = ("drop", "keep")
 DEFAULT_CONTRACT_PATH = Path(__file__).resolve().parent.parent / "contracts" / "telemetry_contract.yaml"
 
@@ -50,6 +53,9 @@ class TelemetryContract:
     # Known columns that may be present (e.g. labels): passed through, not checked.
     optional_columns: tuple[str, ...] = ()
     device_id_max_length: int = 512
+    # Every metric value must be finite and within +-limit, with or without a range: beyond it
+    # (inf, 1e308) derived features overflow. Declared ranges are narrowed to it.
+    metric_limit: float = 1e15
     unknown_columns: str = "drop"
     name: str = "telemetry"
     version: int = 1
@@ -76,6 +82,8 @@ class TelemetryContract:
             raise ContractError(
                 f"unknown_columns must be one of {UNKNOWN_COLUMN_POLICIES}, got {self.unknown_columns!r}"
             )
+        if not (math.isfinite(self.metric_limit) and self.metric_limit > 0):
+            raise ContractError(f"metric_limit must be a positive finite number, got {self.metric_limit}")
         if self.device_id_max_length < 1:
             raise ContractError(f"keys.device_id.max_length must be at least 1, got {self.device_id_max_length}")
 
@@ -85,7 +93,12 @@ class TelemetryContract:
 
     @property
     def known_columns(self) -> tuple[str, ...]:
-        return (*self.required_columns, *self.optional_columns)
+        return (*self.required_columns, *self.optional_columns, SOURCE_ERROR)
+
+    def metric_bounds(self, metric: str) -> tuple[float, float]:
+        """The inclusive bounds a metric's values must lie in: its range within +-metric_limit."""
+        low, high = self.ranges.get(metric, (-math.inf, math.inf))
+        return max(low, -self.metric_limit), min(high, self.metric_limit)
 
     @property
     def unique_key(self) -> tuple[str, str]:
@@ -117,6 +130,7 @@ class TelemetryContract:
             "optional_columns": list(self.optional_columns),
             "unknown_columns": self.unknown_columns,
             "max_bad_row_share": self.max_bad_row_share,
+            "metric_limit": self.metric_limit,
         }
 
 
@@ -129,6 +143,7 @@ _TOP_LEVEL = {
     "optional_columns",
     "unknown_columns",
     "max_bad_row_share",
+    "metric_limit",
 }
 _METRIC_FIELDS = {"min", "max", "counter"}
 
@@ -194,6 +209,7 @@ def contract_from_mapping(spec: Mapping[str, Any], source: str = "contract") -> 
             metrics=tuple(str(m) for m in metrics_spec),
             ranges=ranges,
             max_bad_row_share=_number(spec.get("max_bad_row_share", 0.05), f"{source}: max_bad_row_share"),
+            metric_limit=_number(spec.get("metric_limit", 1e15), f"{source}: metric_limit"),
             counters=tuple(counters),
             optional_columns=tuple(_names(spec.get("optional_columns", []), f"{source}: optional_columns")),
             device_id_max_length=max_length,

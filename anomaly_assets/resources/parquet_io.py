@@ -33,6 +33,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from upath import UPath
 
+from anomaly_assets.core.timestamps import parse_utc
+
 ALLOW_MISSING_PARTITIONS = "allow_missing_partitions"  # AssetIn metadata: optional lookback input
 DEVICE_COLUMN = "device_id"
 PREVIEW_ROWS = 10
@@ -43,7 +45,7 @@ def day_keys(frame: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
     """The partition key of each row: the UTC day of its ``timestamp``. A row dated outside the
     run's days (or undated) is kept with the first day, where validation quarantines it: nothing
     a source delivered is dropped."""
-    days = pd.to_datetime(frame["timestamp"], utc=True, errors="coerce").dt.strftime("%Y-%m-%d")
+    days = parse_utc(frame["timestamp"]).dt.strftime("%Y-%m-%d")
     return days.where(days.isin(keys), keys[0])
 
 
@@ -215,6 +217,10 @@ class PartitionSpool:
                 else:
                     pq.write_table(self._schema.empty_table(), self._file(key))
         return {key: self._file(key) for key in self.keys}
+
+    def persisted_rows(self) -> int:
+        """Rows in the written files, from their footers."""
+        return sum(pq.ParquetFile(file).metadata.num_rows for file in self.files().values())
 
     def batches(self, rows: int = 100_000) -> Iterator[pd.DataFrame]:
         """Every partition's rows again, ``rows`` at a time (to load them elsewhere)."""

@@ -10,7 +10,7 @@ Safety rules shared by all of them:
   ``?`` for ODBC), never formatted into SQL; table and column names are quoted identifiers;
 - reads are chunked (``chunk_rows``), each chunk is mapped and filtered before the next is read;
 - credentials come only from environment variables (``dagster.EnvVar`` in ``build_resources``)
-  and are redacted from every message: :func:`redact_url`, :func:`redact_odbc`.
+  and are masked in every message by :func:`anomaly_assets.redaction.redact`.
 """
 
 from __future__ import annotations
@@ -18,15 +18,21 @@ from __future__ import annotations
 import contextlib
 
 import glob as globlib
-import re
-from collections.abc import Iterable, Iterator
-from typing import Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
-from anomaly_assets.core.contract import TelemetryContract
+from anomaly_assets.core.contract import (
+    SOURCE_ERROR,
+    ContractError,
+    TelemetryContract,
+    contract_from_mapping,
+    load_contract,
+)
+from anomaly_assets.core.timestamps import parse_utc, placeable, plausible_bounds
+from anomaly_assets.redaction import redact, url_secrets
 from anomaly_assets.resources.telemetry_source import TelemetrySource
 
 LABEL_COLUMN = "is_injected_anomaly"  # the label name the training and registry assets look for
@@ -37,15 +43,20 @@ class TelemetrySourceError(RuntimeError):
 
 
 class ColumnMapping(dg.Config):
-    """Which source column feeds each contract column (keys: contract names, values: source names)."""
+    """Which source column feeds each contract column (keys: contract names, values: source names).
+
+    The rules are ``telemetry_contract.yaml``'s: a mapped metric or cohort column with a name the
+    contract knows gets the contract's rule. ``rules`` overlays the contract in the file's own
+    syntax, e.g. ``{"metrics": {"cpu": {"min": 0, "max": 100}, "bytes_total": {"counter": true}},
+    "max_bad_row_share": 0.1}``: a metric's entry replaces its rule, other fields replace the
+    contract's."""
 
     device_id: str = "device_id"
     timestamp: str = "timestamp"
     cohorts: dict[str, str] = {}
     metrics: dict[str, str] = {}
     label: str | None = None  # source column of 0/1 labels, delivered as ``is_injected_anomaly``
-    # Optional inclusive ranges per metric (contract name -> [min, max]) for validation.
-    ranges: dict[str, list[float]] = {}
+    rules: dict[str, Any] = {}
 
     def source_columns(self) -> list[str]:
         columns = [self.device_id, self.timestamp, *self.cohorts.values(), *self.metrics.values()]
@@ -53,81 +64,62 @@ class ColumnMapping(dg.Config):
             columns.append(self.label)
         return list(dict.fromkeys(columns))
 
-    def build_contract(self, name: str = "telemetry") -> TelemetryContract:
+    def build_contract(self, name: str = "telemetry", base: TelemetryContract | None = None) -> TelemetryContract:
+        """The YAML contract (``base``, default the packaged one) for this mapping's columns, with
+        ``rules`` laid over it."""
         if not self.metrics:
             raise ValueError("the column mapping names no metrics: map at least one numeric column")
-        return TelemetryContract(
-            cohort_columns=tuple(self.cohorts),
-            metrics=tuple(self.metrics),
-            ranges={m: (float(lo), float(hi)) for m, (lo, hi) in self.ranges.items()},
-            optional_columns=(LABEL_COLUMN,) if self.label else (),
-            name=name,
-        )
+        spec = (base or load_contract()).to_mapping()
+        known_metrics = spec["metrics"]
+        overlay = dict(self.rules)
+        metric_rules = overlay.pop("metrics", {}) or {}
+        if not isinstance(metric_rules, dict):
+            raise ContractError(f"{MAPPING_RULES}.metrics must map metric names to rules, got {metric_rules!r}")
+        unmapped = sorted(set(metric_rules) - set(self.metrics))
+        if unmapped:
+            raise ContractError(f"{MAPPING_RULES}.metrics names metric(s) {unmapped} that the mapping does not map")
+        for field in ("cohort_columns", "keys"):
+            if field in overlay:
+                raise ContractError(f"{MAPPING_RULES}.{field} is set by the mapping itself, not by rules")
+        spec.update(overlay)
+        spec["cohort_columns"] = list(self.cohorts)
+        spec["metrics"] = {m: metric_rules.get(m, known_metrics.get(m, {})) for m in self.metrics}
+        spec["optional_columns"] = [LABEL_COLUMN] if self.label else []
+        spec["name"] = name
+        return contract_from_mapping(spec, source=f"{MAPPING_RULES} over the telemetry contract")
 
     def apply(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Rename and type a chunk of source rows into the contract's shape."""
+        """Rename a chunk of source rows into the contract's names. Values stay as delivered: ids
+        and cohorts are written as text, a datetime column is read as UTC, and everything else
+        (a timestamp given as text, a metric cell that is not a number) is left for validation."""
         missing = [c for c in self.source_columns() if c not in frame.columns]
         if missing:
             raise TelemetrySourceError(f"the source lacks mapped column(s) {missing}; it has {list(frame.columns)}")
         out = pd.DataFrame(index=frame.index)
-        device = frame[self.device_id]
-        out["device_id"] = device.where(device.isna(), device.astype("str"))
-        out["timestamp"] = to_utc(frame[self.timestamp])
+        out["device_id"] = _as_text(frame[self.device_id])
+        stamps = frame[self.timestamp]
+        is_datetime = pd.api.types.is_datetime64_any_dtype(stamps.dtype)
+        out["timestamp"] = parse_utc(stamps) if is_datetime else stamps
         for name, column in self.cohorts.items():
-            values = frame[column]
-            out[name] = values.where(values.isna(), values.astype("str"))
+            out[name] = _as_text(frame[column])
         for name, column in self.metrics.items():
-            out[name] = pd.to_numeric(frame[column], errors="coerce").astype(np.float64)
+            out[name] = frame[column]
         if self.label:
             out[LABEL_COLUMN] = pd.to_numeric(frame[self.label], errors="coerce").fillna(0).astype(bool)
+        if SOURCE_ERROR in frame:  # what the source found wrong with a row (files: a row cut off)
+            out[SOURCE_ERROR] = frame[SOURCE_ERROR]
         return out.reset_index(drop=True)
 
 
-def to_utc(values: pd.Series) -> pd.Series:
-    """Any timestamp column as tz-aware UTC; naive values are taken to be UTC already."""
-    parsed = pd.to_datetime(values, utc=True, errors="coerce", format="mixed") if values.dtype == object or str(
-        values.dtype
-    ).startswith(("str", "string")) else pd.to_datetime(values, utc=True, errors="coerce")
-    return parsed.dt.as_unit("ns")
+MAPPING_RULES = "ANOMALY_ASSETS_SOURCE_MAPPING rules"
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    return values.where(values.isna(), values.astype("str"))
 
 
 # ---------------------------------------------------------------------------------------------
-# Redaction: credentials never reach logs, metadata or errors.
-
-
-def redact_url(url: str) -> str:
-    """An SQLAlchemy URL with its password masked (``***``)."""
-    import sqlalchemy as sa
-
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(url))
-
-
-_ODBC_SECRET = re.compile(r"(?i)\b(PWD|PASSWORD)\s*=\s*(\{(?:[^}]|\}\})*\}|[^;]*)")
-
-
-def redact_odbc(connection_string: str) -> str:
-    """An ODBC connection string with ``PWD=`` / ``Password=`` masked."""
-    return _ODBC_SECRET.sub(lambda m: f"{m.group(1)}=***", str(connection_string))
-
-
-def _odbc_password(connection_string: str) -> str | None:
-    match = _ODBC_SECRET.search(connection_string)
-    if not match:
-        return None
-    value = match.group(2).strip()
-    if value.startswith("{") and value.endswith("}"):
-        value = value[1:-1].replace("}}", "}")
-    return value or None
-
-
-def _scrub(message: str, secrets: Iterable[str | None]) -> str:
-    for secret in secrets:
-        if secret:
-            message = message.replace(secret, "***")
-    return message
+# Redaction: credentials never reach logs, metadata or errors (anomaly_assets.redaction).
 
 
 def _first_line(error: BaseException) -> str:
@@ -154,11 +146,6 @@ def _quote_identifier(name: str, quote: str = '"') -> str:
     return ".".join(quote + part.replace(quote, quote * 2) + quote for part in name.split("."))
 
 
-def _window_filter(frame: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-    keep = (frame["timestamp"] >= start) & (frame["timestamp"] < end)
-    return frame.loc[keep.fillna(False).to_numpy(dtype=bool)]
-
-
 def _as_utc(value: pd.Timestamp) -> pd.Timestamp:
     value = pd.Timestamp(value)
     return value.tz_localize("UTC") if value.tzinfo is None else value.tz_convert("UTC")
@@ -170,13 +157,21 @@ class _MappedSource(TelemetrySource):
     name: str = "telemetry"
 
     def _source_chunks(self, start: pd.Timestamp, end: pd.Timestamp) -> Iterator[pd.DataFrame]:
-        """The source's own rows for the window, ``chunk_rows`` at a time, as delivered."""
+        """The source's rows for the window (and rows no window can place), ``chunk_rows`` at a
+        time, as delivered."""
         raise NotImplementedError
+
+    def _selects_window(self) -> bool:
+        """Whether every row ``_source_chunks`` yields was selected for the window by the source
+        itself (a database's WHERE); files yield every row and are selected here."""
+        return True
 
     def read_window_chunks(self, start: pd.Timestamp, end: pd.Timestamp) -> Iterator[pd.DataFrame]:
         start, end = _as_utc(start), _as_utc(end)
         for chunk in self._source_chunks(start, end):
-            part = _window_filter(self.mapping.apply(chunk), start, end)
+            part = self.mapping.apply(chunk)
+            if not self._selects_window():
+                part = part.loc[_claimed_by_window(part["timestamp"], start, end).to_numpy()]
             if len(part):
                 yield part
 
@@ -184,13 +179,20 @@ class _MappedSource(TelemetrySource):
         parts = list(self.read_window_chunks(start, end))
         if not parts:
             return self.mapping.apply(pd.DataFrame({c: pd.Series(dtype=object) for c in self.mapping.source_columns()}))
-        return pd.concat(parts, ignore_index=True).sort_values(["device_id", "timestamp"], ignore_index=True)
+        return pd.concat(parts, ignore_index=True)
 
     def contract(self) -> TelemetryContract:
         return self.mapping.build_contract(self.name)
 
     def label_columns(self) -> tuple[str, ...]:
         return (LABEL_COLUMN,) if self.mapping.label else ()
+
+
+def _claimed_by_window(stamps: pd.Series, start: pd.Timestamp, end: pd.Timestamp) -> pd.Series:
+    """Rows the window [start, end) takes: its own, and those no window can ever place (an
+    unreadable, missing or implausible timestamp), which validation then quarantines."""
+    parsed = parse_utc(stamps)
+    return ((parsed >= start) & (parsed < end)).fillna(False) | ~placeable(parsed)
 
 
 class SqlTelemetrySource(_MappedSource):
@@ -208,7 +210,7 @@ class SqlTelemetrySource(_MappedSource):
 
     def describe(self) -> str:
         what = f"table {self.table}" if self.table else "query"
-        return f"SQL source {redact_url(self.url)} ({what})"
+        return f"SQL source {redact(self.url)} ({what})"
 
     def _host(self) -> str:
         import sqlalchemy as sa
@@ -235,16 +237,21 @@ class SqlTelemetrySource(_MappedSource):
         columns = [sa.column(c) for c in self.mapping.source_columns()]
         table = sa.table(name, *columns, schema=schema or None)
         ts = table.c[self.mapping.timestamp]
+        # The window's rows, and the rows no window can place (no timestamp, or an implausible one),
+        # which the window takes so that validation quarantines them instead of their being lost.
+        in_window = sa.and_(ts >= sa.bindparam("start"), ts < sa.bindparam("end"))
+        unplaceable = sa.or_(ts.is_(None), ts < sa.bindparam("earliest"), ts >= sa.bindparam("latest"))
         # Ordered by device: the partition path then reads raw_telemetry a chunk of devices at a time.
-        statement = sa.select(*columns).select_from(table).where(ts >= sa.bindparam("start"), ts < sa.bindparam("end"))
+        statement = sa.select(*columns).select_from(table).where(sa.or_(in_window, unplaceable))
         return statement.order_by(table.c[self.mapping.device_id], ts)
 
     def _source_chunks(self, start: pd.Timestamp, end: pd.Timestamp) -> Iterator[pd.DataFrame]:
         statement = self._statement()
-        params = {"start": start.to_pydatetime(), "end": end.to_pydatetime()}
+        bounds = {"start": start, "end": end, **({} if self.query else plausible_bounds())}
+        params = {k: v.to_pydatetime() for k, v in bounds.items()}
         if self.naive_utc_parameters:
             params = {k: v.replace(tzinfo=None) for k, v in params.items()}
-        with _sql_connection(self.url, f"telemetry source '{self.name}' at {self._host()} ({redact_url(self.url)})") as connection:
+        with _sql_connection(self.url, f"telemetry source '{self.name}' at {self._host()} ({redact(self.url)})") as connection:
             yield from pd.read_sql(statement, connection, params=params, chunksize=self.chunk_rows)
 
 
@@ -262,7 +269,7 @@ class OdbcTelemetrySource(_MappedSource):
 
     def describe(self) -> str:
         what = f"table {self.table}" if self.table else "query"
-        return f"ODBC source {redact_odbc(self.connection_string)} ({what})"
+        return f"ODBC source {redact(self.connection_string)} ({what})"
 
     def _sql(self) -> str:
         if bool(self.table) == bool(self.query):
@@ -275,11 +282,13 @@ class OdbcTelemetrySource(_MappedSource):
         columns = ", ".join(_quote_identifier(c, q) for c in self.mapping.source_columns())
         ts = _quote_identifier(self.mapping.timestamp, q)
         device = _quote_identifier(self.mapping.device_id, q)
-        return f"SELECT {columns} FROM {_quote_identifier(self.table, q)} WHERE {ts} >= ? AND {ts} < ? ORDER BY {device}, {ts}"
+        # The window's rows and the rows no window can place (see SqlTelemetrySource._statement).
+        where = f"({ts} >= ? AND {ts} < ?) OR {ts} IS NULL OR {ts} < ? OR {ts} >= ?"
+        return f"SELECT {columns} FROM {_quote_identifier(self.table, q)} WHERE {where} ORDER BY {device}, {ts}"
 
     def _source_chunks(self, start: pd.Timestamp, end: pd.Timestamp) -> Iterator[pd.DataFrame]:
         sql = self._sql()
-        secrets = [_odbc_password(self.connection_string)]
+        secrets = url_secrets(self.connection_string)
         where = f"telemetry source '{self.name}' at {_odbc_host(self.connection_string)}"
         try:
             import pyodbc
@@ -289,17 +298,18 @@ class OdbcTelemetrySource(_MappedSource):
             connection = pyodbc.connect(self.connection_string, timeout=self.timeout_seconds, autocommit=True)
         except pyodbc.Error as error:
             raise TelemetrySourceError(
-                _scrub(f"{where} ({redact_odbc(self.connection_string)}) is unreachable: {_first_line(error)}", secrets)
+                redact(f"{where} ({self.connection_string}) is unreachable: {_first_line(error)}", secrets)
             ) from None
         try:
             cursor = connection.cursor()
-            cursor.execute(sql, start.tz_localize(None).to_pydatetime(), end.tz_localize(None).to_pydatetime())
+            bounds = [start, end] if self.query else [start, end, *plausible_bounds().values()]
+            cursor.execute(sql, *(b.tz_localize(None).to_pydatetime() for b in bounds))
             names = [d[0] for d in cursor.description]
 
             while rows := cursor.fetchmany(self.chunk_rows):
                 yield pd.DataFrame.from_records([tuple(r) for r in rows], columns=names)
         except pyodbc.Error as error:
-            raise TelemetrySourceError(_scrub(f"{where}: the read failed: {_first_line(error)}", secrets)) from None
+            raise TelemetrySourceError(redact(f"{where}: the read failed: {_first_line(error)}", secrets)) from None
         finally:
             connection.close()
 
@@ -324,6 +334,9 @@ class FileTelemetrySource(_MappedSource):
             return self.format
         return "parquet" if path.endswith((".parquet", ".pq")) else "csv"
 
+    def _selects_window(self) -> bool:
+        return False  # files hold every day: the window's rows are selected after reading
+
     def _source_chunks(self, start: pd.Timestamp, end: pd.Timestamp) -> Iterator[pd.DataFrame]:
         columns = self.mapping.source_columns()
         for path in self._files():
@@ -332,9 +345,9 @@ class FileTelemetrySource(_MappedSource):
 
                 parquet = pq.ParquetFile(path)
                 for batch in parquet.iter_batches(batch_size=self.chunk_rows, columns=columns):
-                    yield batch.to_pandas()
+                    yield batch.to_pandas().assign(**{SOURCE_ERROR: None})
             else:
-                yield from pd.read_csv(path, usecols=columns, chunksize=self.chunk_rows, dtype={self.mapping.device_id: str})
+                yield from read_csv_as_delivered(path, columns, self.chunk_rows)
 
     def read_window_chunks(self, start: pd.Timestamp, end: pd.Timestamp) -> Iterator[pd.DataFrame]:
         # A file that cannot be read or mapped is named, as before streaming.
@@ -342,6 +355,71 @@ class FileTelemetrySource(_MappedSource):
             yield from super().read_window_chunks(start, end)
         except (OSError, ValueError) as error:
             raise TelemetrySourceError(f"telemetry source '{self.name}' ({self.glob}): {error}") from None
+
+
+def read_csv_as_delivered(path: str, columns: list[str], chunk_rows: int = 50_000) -> Iterator[pd.DataFrame]:
+    """A CSV file's ``columns``, ``chunk_rows`` at a time (roughly), as delivered.
+
+    Every cell is read as text; a column whose every non-empty cell in the chunk reads as a number
+    becomes numeric, as CSV readers do, and any other column stays text (``"3.3%"``, ``"N/A"``),
+    for validation to judge. Only an empty cell is missing. A row whose number of fields differs
+    from the header's (a file cut off mid-row) is kept with the fields it has and the problem in
+    the column ``source_error``, which validation quarantines."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        header = next(csv.reader(handle), None)
+    if not header:
+        raise ValueError(f"{path} is empty (no header row)")
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise ValueError(f"{path} lacks mapped column(s) {missing}; it has {header}")
+    malformed: list[dict[str, Any]] = []
+
+    def keep_malformed(row: Any) -> str:
+        fields = next(csv.reader([row.text]), [])
+        line = f"line {row.number}" if row.number is not None and row.number >= 0 else "a line"
+        values = dict(zip(header, fields))
+        malformed.append(
+            {
+                **{c: values.get(c) for c in columns},
+                SOURCE_ERROR: f"{path} {line} has {row.actual_columns} field(s), the header {row.expected_columns}",
+            }
+        )
+        return "skip"
+
+    reader = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=max(chunk_rows * 96, 1 << 20), use_threads=False),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=keep_malformed),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=columns,
+            column_types={c: pa.string() for c in columns},
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    for batch in reader:
+        frame = batch.to_pandas().assign(**{SOURCE_ERROR: None})
+        if malformed:
+            frame = pd.concat([frame, pd.DataFrame(malformed, columns=frame.columns)], ignore_index=True)
+            malformed.clear()
+        yield frame.assign(**{c: _numbers_if_all_read(frame[c]) for c in columns})
+    if malformed:  # rows cut off at the very end of the file
+        frame = pd.DataFrame(malformed, columns=[*columns, SOURCE_ERROR])
+        yield frame.assign(**{c: _numbers_if_all_read(frame[c]) for c in columns})
+
+
+def _numbers_if_all_read(text: pd.Series) -> pd.Series:
+    """A CSV column as numbers when every non-empty cell reads as one, else unchanged."""
+    if text.dtype != object and not pd.api.types.is_string_dtype(text.dtype):
+        return text
+    numbers = pd.to_numeric(text, errors="coerce")
+    return numbers if bool((numbers.notna() | text.isna()).all()) and text.notna().any() else text
 
 
 class InventorySource(dg.ConfigurableResource):
@@ -360,7 +438,7 @@ class InventorySource(dg.ConfigurableResource):
         return bool(self.url)
 
     def describe(self) -> str:
-        return f"inventory {redact_url(self.url)} (table {self.table})" if self.url else "inventory (not configured)"
+        return f"inventory {redact(self.url)} (table {self.table})" if self.url else "inventory (not configured)"
 
     def read(self) -> pd.DataFrame:
         import sqlalchemy as sa
@@ -387,10 +465,6 @@ def _sql_connection(url: str, what: str):
     names ``what`` and never carries the password."""
     import sqlalchemy as sa
 
-    try:
-        password = sa.engine.make_url(url).password
-    except Exception:
-        password = None
     engine = None
     try:
         engine = sa.create_engine(url)
@@ -401,7 +475,7 @@ def _sql_connection(url: str, what: str):
     except (sa.exc.SQLAlchemyError, OSError, ImportError) as error:
         kind = "unreachable or refused the read" if isinstance(error, sa.exc.OperationalError) else "failed"
         raise TelemetrySourceError(
-            _scrub(f"{what} {kind}: {type(error).__name__}: {_first_line(error)}", [password])
+            redact(f"{what} {kind}: {type(error).__name__}: {_first_line(error)}", url_secrets(url))
         ) from None
     finally:
         if engine is not None:

@@ -8,39 +8,79 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anomaly_assets.core.contract import DEVICE_ID, TIMESTAMP, TelemetryContract
+from anomaly_assets.core.contract import DEVICE_ID, SOURCE_ERROR, TIMESTAMP, TelemetryContract
+from anomaly_assets.core.timestamps import parse_utc, unreadable
 
 # Derived columns of the frame the row suite runs on (never part of the output):
 PREVIOUS_PREFIX = "__previous__"  # + counter: its previous value within the device-day
+UNREADABLE_TIMESTAMP = "__unreadable_timestamp"  # the delivered text of a timestamp that cannot be read
 FINGERPRINT = "__row_fingerprint"  # the whole delivered row's hash class; NaN unless its key repeats
 BLANK = r"^[ \t\r\n\f\v]*$"  # empty or only (ASCII) whitespace; pyarrow runs \s ten times slower
 
 
-def _canonical(raw: pd.DataFrame, contract: TelemetryContract) -> pd.DataFrame:
-    """Lossless representation changes before the schema suite: text columns to ``str``,
-    tz-aware timestamps to UTC, numeric metrics to float64. Anything else stays as delivered,
-    so the schema suite sees it."""
+def _canonical(raw: pd.DataFrame, contract: TelemetryContract) -> tuple[pd.DataFrame, pd.Series | None]:
+    """Lossless representation changes before the schema suite, and what they could not read.
+
+    Text columns become ``str``, timestamps UTC and numeric metrics float64. A timestamp column
+    delivered as text is read (:func:`parse_utc`); the text of each value that cannot be read is
+    returned beside the frame (None where nothing was unreadable), for the keys rule to quarantine.
+    A metric delivered as text has each cell that reads as a number taken as that number; cells
+    that do not stay text (rows the schema suite then quarantines one by one). A column with no
+    readable value at all stays text as a whole, so the schema suite rejects the column."""
     frame = raw.reset_index(drop=True)
     frame.columns = [str(c) for c in frame.columns]
     for column in (DEVICE_ID, *contract.cohort_columns):
         if column in frame and (frame[column].dtype == object or isinstance(frame[column].dtype, pd.StringDtype)):
             if frame[column].dtype != "str":
                 frame[column] = frame[column].astype("str")
-    if TIMESTAMP in frame and isinstance(frame[TIMESTAMP].dtype, pd.DatetimeTZDtype):
-        if str(frame[TIMESTAMP].dt.tz) != "UTC":
-            frame[TIMESTAMP] = frame[TIMESTAMP].dt.tz_convert("UTC")
+    unreadable_text = None
+    if TIMESTAMP in frame:
+        stamps = frame[TIMESTAMP]
+        if isinstance(stamps.dtype, pd.DatetimeTZDtype):
+            if str(stamps.dt.tz) != "UTC":
+                frame[TIMESTAMP] = stamps.dt.tz_convert("UTC")
+        elif _is_text(stamps):
+            parsed = parse_utc(stamps)
+            if parsed.notna().any() or stamps.isna().all():  # else: not a timestamp column at all
+                failed = unreadable(stamps, parsed)
+                if failed.any():
+                    unreadable_text = stamps.astype("object").where(failed.to_numpy(), None)
+                frame[TIMESTAMP] = parsed
     for metric in contract.metrics:
-        if metric in frame:
-            dtype = frame[metric].dtype
-            if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype) and dtype != np.float64:
-                frame[metric] = frame[metric].astype(np.float64)
-    return frame
+        if metric not in frame:
+            continue
+        values = frame[metric]
+        dtype = values.dtype
+        if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
+            if dtype != np.float64:
+                frame[metric] = values.astype(np.float64)
+        elif _is_text(values):
+            frame[metric] = _numbers_where_readable(values)
+    return frame, unreadable_text
 
 
-def _row_frame(frame: pd.DataFrame, contract: TelemetryContract) -> pd.DataFrame:
+def _is_text(values: pd.Series) -> bool:
+    return values.dtype == object or pd.api.types.is_string_dtype(values.dtype)
+
+
+def _numbers_where_readable(values: pd.Series) -> pd.Series:
+    """Cells that read as numbers as float64; the others as delivered (see :func:`_canonical`)."""
+    cells = values.astype("object")
+    numbers = pd.to_numeric(cells, errors="coerce")
+    missing = values.isna() | values.astype("str").str.strip().str.lower().isin(["", "nan"])
+    readable = (numbers.notna() | missing).to_numpy()
+    if readable.all():
+        return numbers.astype(np.float64)
+    if not numbers.notna().any():
+        return values.astype("str").where(values.notna(), None)  # a text column as a whole
+    return numbers.astype("object").where(readable, cells)
+
+
+def _row_frame(frame: pd.DataFrame, contract: TelemetryContract, unreadable_text: pd.Series | None) -> pd.DataFrame:
     """The narrow frame the row suite runs on: keys, every metric as float64 (values of the
     wrong type, already flagged by the schema suite, become NaN), each counter's previous value
-    in its device-day, and a fingerprint of the whole delivered row."""
+    in its device-day, a fingerprint of the whole delivered row, and, where there are any, the
+    source's errors and the text of unreadable timestamps."""
     columns: dict[str, Any] = {DEVICE_ID: frame[DEVICE_ID], TIMESTAMP: frame[TIMESTAMP]}
     for metric in contract.metrics:
         values = frame[metric]
@@ -51,6 +91,10 @@ def _row_frame(frame: pd.DataFrame, contract: TelemetryContract) -> pd.DataFrame
     for counter in contract.counters:
         columns[PREVIOUS_PREFIX + counter] = keys.previous_in_device_day(columns[counter].to_numpy(dtype=np.float64))
     columns[FINGERPRINT] = _fingerprint(frame, keys.duplicated())
+    if unreadable_text is not None:
+        columns[UNREADABLE_TIMESTAMP] = unreadable_text
+    if SOURCE_ERROR in frame and frame[SOURCE_ERROR].notna().any():
+        columns[SOURCE_ERROR] = frame[SOURCE_ERROR]
     return pd.DataFrame(columns, copy=False)  # GX reads a few columns at a time: no need to consolidate
 
 

@@ -14,7 +14,7 @@ QUARANTINE_COLUMNS = ("partition_date", "device_id", "timestamp", "rule", "reaso
 FAMILIES = ("schema", "keys", "window", "uniqueness", "ranges", "counters")
 FAMILY_DESCRIPTIONS = {
     "schema": "required columns exist and have the contract's type",
-    "keys": "device_id and timestamp are present; device_id is not blank and not too long",
+    "keys": "the row arrived whole; device_id and timestamp are present and readable; device_id is not blank and not too long",
     "window": "timestamps lie inside the partition's UTC day",
     "uniqueness": "one row per (device_id, timestamp)",
     "ranges": "metric values lie within the contract's physical ranges",

@@ -9,8 +9,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anomaly_assets.core.contract import DEVICE_ID, KEY_COLUMNS, TIMESTAMP, TelemetryContract
-from anomaly_assets.core.validation.frames import BLANK, FINGERPRINT, PREVIOUS_PREFIX, _duplicated
+from anomaly_assets.core.contract import DEVICE_ID, KEY_COLUMNS, SOURCE_ERROR, TIMESTAMP, TelemetryContract
+from anomaly_assets.core.validation.frames import (
+    BLANK,
+    FINGERPRINT,
+    PREVIOUS_PREFIX,
+    UNREADABLE_TIMESTAMP,
+    _duplicated,
+)
 
 METRIC_TYPES = ["float64", "int64", "float", "int"]  # a metric value must be one of these
 
@@ -88,10 +94,39 @@ def _schema_rules(frame: pd.DataFrame, contract: TelemetryContract) -> list[_Rul
     return rules
 
 
-def _row_rules(contract: TelemetryContract, window_start: pd.Timestamp, window_end: pd.Timestamp) -> list[_Rule]:
+def _row_rules(
+    contract: TelemetryContract, window_start: pd.Timestamp, window_end: pd.Timestamp, present: frozenset[str] = frozenset()
+) -> list[_Rule]:
+    """The row suite's rules; ``present`` names the optional derived columns the row frame has
+    (a source's row errors, unreadable timestamps), whose rules exist only then."""
     limit = contract.device_id_max_length
     window = f"[{window_start.isoformat()}, {window_end.isoformat()})"
-    rules = [
+    rules = []
+    if SOURCE_ERROR in present:
+        rules.append(
+            _Rule(
+                "keys.row_well_formed",
+                "keys",
+                "the source delivered the row whole",
+                _expectation("ExpectColumnValuesToBeNull", "keys.row_well_formed", column=SOURCE_ERROR),
+                (SOURCE_ERROR,),
+                lambda f, idx: f[SOURCE_ERROR].iloc[idx].astype("str"),
+                suite="keys",
+            )
+        )
+    if UNREADABLE_TIMESTAMP in present:
+        rules.append(
+            _Rule(
+                "keys.timestamp.readable",
+                "keys",
+                "timestamp reads as a date and time",
+                _expectation("ExpectColumnValuesToBeNull", "keys.timestamp.readable", column=UNREADABLE_TIMESTAMP),
+                (UNREADABLE_TIMESTAMP,),
+                lambda f, idx: "timestamp " + _text(f[UNREADABLE_TIMESTAMP].iloc[idx]) + " is not a readable date and time",
+                suite="keys",
+            )
+        )
+    rules += [
         _Rule(
             "keys.device_id.not_null",
             "keys",
@@ -131,7 +166,7 @@ def _row_rules(contract: TelemetryContract, window_start: pd.Timestamp, window_e
             "timestamp is present",
             _expectation("ExpectColumnValuesToNotBeNull", "keys.timestamp.not_null", column=TIMESTAMP),
             (TIMESTAMP,),
-            lambda f, idx: pd.Series("timestamp is null (NaT)", index=idx),
+            lambda f, idx: pd.Series("timestamp is missing or blank", index=idx),
             suite="keys",
         ),
         _Rule(
@@ -176,10 +211,8 @@ def _row_rules(contract: TelemetryContract, window_start: pd.Timestamp, window_e
             suite="keys",
         ),
     ]
-    for metric in contract.metrics:
-        if metric not in contract.ranges:
-            continue
-        low, high = contract.ranges[metric]
+    for metric in contract.metrics:  # every metric: finite and within +-metric_limit at least
+        low, high = contract.metric_bounds(metric)
         rules.append(
             _Rule(
                 f"ranges.{metric}",

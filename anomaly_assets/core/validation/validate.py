@@ -33,13 +33,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anomaly_assets.core.contract import DEVICE_ID, TIMESTAMP, TelemetryContract
+from anomaly_assets.core.contract import DEVICE_ID, SOURCE_ERROR, TIMESTAMP, TelemetryContract
 from anomaly_assets.core.validation.engine import _GX, _plan
-from anomaly_assets.core.validation.frames import _canonical, _row_frame
+from anomaly_assets.core.validation.frames import UNREADABLE_TIMESTAMP, _canonical, _row_frame
 from anomaly_assets.core.validation.results import QUARANTINE_COLUMNS, RuleResult, SchemaError, ValidationResult
 from anomaly_assets.core.validation.rules import _row_rules, _Rule, _schema_rules
 
 SAMPLE_SIZE = 5
+OPTIONAL_ROW_COLUMNS = frozenset({SOURCE_ERROR, UNREADABLE_TIMESTAMP})  # row-frame columns only some frames have
 
 
 def validate_telemetry(
@@ -52,7 +53,7 @@ def validate_telemetry(
     gx = _GX.get() if len(raw) else None
     started = time.perf_counter()
     window_start, window_end = _utc(window_start), _utc(window_end)
-    frame = _canonical(raw, contract)
+    frame, unreadable_text = _canonical(raw, contract)
     unknown = tuple(c for c in frame.columns if c not in contract.known_columns)
     if gx is None:
         return _empty_result(frame, contract, unknown, window_start, started)
@@ -73,10 +74,13 @@ def validate_telemetry(
             schema_results,
         )
 
-    rows = _row_frame(frame, contract)
+    rows = _row_frame(frame, contract, unreadable_text)
     window = (window_start, window_end, window_start.isoformat(), window_end.isoformat())
+    present = frozenset(rows.columns) & OPTIONAL_ROW_COLUMNS
     row_plan = _plan(
-        ("rows", key, window), lambda: _row_rules(contract, window_start, window_end), f"{contract.name}.rows"
+        ("rows", key, window, present),
+        lambda: _row_rules(contract, window_start, window_end, present),
+        f"{contract.name}.rows",
     )
     row_rules = list(row_plan.rules)
     row_outcome = gx.run(rows, row_plan.suites)
@@ -112,7 +116,11 @@ def validate_telemetry(
         extra = pd.Series({row: ", ".join(others) for row, others in also.items()}, dtype="object")
         extra = extra.reindex(np.flatnonzero(bad)).reset_index(drop=True)
         reason = reason.where(extra.isna(), reason + " (also broke: " + extra + ")")
-    quarantined = _quarantine_frame(frame.loc[bad], first_rule, reason, window_start)
+    delivered = frame.loc[bad]
+    if unreadable_text is not None:  # quarantine the timestamp's text as delivered
+        text = unreadable_text.loc[bad]
+        delivered = delivered.assign(**{TIMESTAMP: _nullable_text(delivered[TIMESTAMP]).where(text.isna(), text)})
+    quarantined = _quarantine_frame(delivered, first_rule, reason, window_start)
     counts = {str(k): int(v) for k, v in first_rule.value_counts().items()}
     results = [dataclasses.replace(r, quarantined_count=counts.get(r.rule, 0)) for r in [*schema_results, *row_results]]
 
@@ -177,7 +185,8 @@ def _utc(value: pd.Timestamp) -> pd.Timestamp:
 
 
 def _output_columns(frame: pd.DataFrame, contract: TelemetryContract, unknown: Sequence[str]) -> pd.DataFrame:
-    return frame.drop(columns=list(unknown)) if contract.unknown_columns == "drop" and unknown else frame
+    dropped = [*(unknown if contract.unknown_columns == "drop" else ()), *([SOURCE_ERROR] if SOURCE_ERROR in frame else [])]
+    return frame.drop(columns=dropped) if dropped else frame
 
 
 def _unexpected_rows(outcome: Any) -> np.ndarray:

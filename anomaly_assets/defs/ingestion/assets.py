@@ -28,6 +28,7 @@ from anomaly_assets.defs.partitions import (
     partition_window,
 )
 from anomaly_assets.core.inventory import join_inventory
+from anomaly_assets.core.timestamps import parse_utc
 from anomaly_assets.defs.inventory.assets import read_inventory
 from anomaly_assets.resources import ResultsStore, TelemetrySource
 from anomaly_assets.resources.parquet_io import DeviceChunks, PartitionSpool, group_by_device
@@ -139,7 +140,13 @@ class ValidationConfig(dg.Config):
             blocking=True,
             description="Quarantined rows stay below the contract's share; above it, features are not built.",
         ),
-        dg.AssetCheckSpec("rows_accounted_for", asset=ASSET, description="raw rows = valid rows + quarantined rows"),
+        dg.AssetCheckSpec(
+            "rows_accounted_for",
+            asset=ASSET,
+            blocking=True,
+            description="Persisted rows add up: raw_telemetry's parquet rows = validated rows written + the "
+            "partition's rows in quarantined_telemetry.",
+        ),
     ],
     description="Rows that pass the telemetry contract (anomaly_assets/contracts/telemetry_contract.yaml), checked "
     "with Great Expectations; failing rows go to the results table quarantined_telemetry with rule and reason.",
@@ -163,9 +170,7 @@ def validated_telemetry(
     spool = PartitionSpool(context.partition_keys)
     parts: dict[str, list[ValidationResult]] = {}  # per day, each chunk's result without its valid rows
     broken: dict[str, SchemaError] = {}
-    total = 0
     for chunk in raw_telemetry:
-        total += len(chunk)
         for day, day_start, frame in zip(days, day_starts, _split_by_day(chunk, day_starts, start, end), strict=True):
             if frame.empty:
                 continue
@@ -211,12 +216,27 @@ def validated_telemetry(
         else pd.DataFrame(columns=["partition_date"])
     )
     results_store.replace_partitions(quarantined_telemetry, days, quarantined)
-    valid_rows = sum(r.valid_rows for r in results.values())
-    if total != valid_rows + len(quarantined):
+    # Accounting from what was persisted, not from the counts above: raw parquet rows against the
+    # valid rows written and the quarantine rows now in the results database.
+    persisted = {
+        "raw": raw_telemetry.rows,
+        "valid": spool.persisted_rows(),
+        "quarantined": results_store.count(quarantined_telemetry, days),
+    }
+    accounted = persisted["raw"] == persisted["valid"] + persisted["quarantined"]
+    accounting = dg.AssetCheckResult(
+        check_name="rows_accounted_for",
+        passed=accounted,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata=persisted,
+        description=None
+        if accounted
+        else f"rows were lost: raw {persisted['raw']} != valid {persisted['valid']} + quarantined {persisted['quarantined']}",
+    )
+    if not accounted:
         spool.discard()
-        raise AssertionError(
-            f"validation lost rows: raw {total} != valid {valid_rows} + quarantined {len(quarantined)}"
-        )
+        yield accounting
+        raise dg.Failure(description=f"validated_telemetry for {', '.join(days)}: {accounting.description}")
 
     if results:
         per_day = {day: _validation_metadata(result, contract) for day, result in results.items()}
@@ -236,11 +256,7 @@ def validated_telemetry(
     for family, name in FAMILY_CHECKS.items():
         yield _family_check(name, family, results)
     yield _bad_row_share_check(results, contract, empty)
-    yield dg.AssetCheckResult(
-        check_name="rows_accounted_for",
-        passed=total == valid_rows + len(quarantined),
-        metadata={"raw": total, "valid": valid_rows, "quarantined": len(quarantined)},
-    )
+    yield accounting
 
 
 def _merged_day(parts: list[ValidationResult]) -> ValidationResult:
@@ -265,11 +281,11 @@ def _split_by_day(
 ) -> list[pd.DataFrame]:
     if len(day_starts) == 1:
         return [raw]
-    timestamps = raw.get("timestamp")
-    if timestamps is None or not isinstance(timestamps.dtype, pd.DatetimeTZDtype):
+    if "timestamp" not in raw:
         return [raw] + [raw.iloc[0:0]] * (len(day_starts) - 1)  # the schema rules will name the problem
-    in_window = (timestamps >= start) & (timestamps < end)
-    row_day = timestamps.dt.tz_convert("UTC").dt.floor("D").where(in_window, day_starts[0])
+    timestamps = parse_utc(raw["timestamp"])  # as validation reads them; unreadable: the first day
+    in_window = ((timestamps >= start) & (timestamps < end)).fillna(False)
+    row_day = timestamps.dt.floor("D").where(in_window, day_starts[0])
     return [raw.loc[row_day == day] for day in day_starts]
 
 
