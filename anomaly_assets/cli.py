@@ -98,7 +98,7 @@ def _model_list(args: argparse.Namespace) -> int:
     registry = _registry()
     versions = registry.list_versions()
     history = registry.champion_history()
-    lines = [f"{registry.model_name} at {registry.tracking_uri}"]
+    lines = [f"{registry.model_name} at {registry.where}"]
     for v in versions:
         auc = "" if v["auc_pr"] is None else f"  auc_pr={v['auc_pr']:.4f}"
         lines.append(

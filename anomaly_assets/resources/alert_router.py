@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from anomaly_assets.core import alerts
 from anomaly_assets.core.alerts import ChannelConfig
 from anomaly_assets.core.incidents import severity_rank
+from anomaly_assets.redaction import redact, redact_webhook, url_secrets
 from anomaly_assets.resources.incident_store import DeliveryLog
 
 CHANNELS_ENV = "ANOMALY_ASSETS_ALERT_CHANNELS"
@@ -102,7 +103,8 @@ class AlertRouter(dg.ConfigurableResource):
                 errors.append(f"{type(error).__name__}: {error}")
             if attempt < channel.retries:
                 sleep(min(channel.backoff_seconds * (2**attempt), channel.max_backoff_seconds))
-        raise DeliveryError(f"channel {channel.name!r} ({channel.type}) failed after {len(errors)} attempt(s): {errors[-1]}")
+        detail = redact(errors[-1], _channel_secrets(channel))
+        raise DeliveryError(f"channel {channel.name!r} ({channel.type}) failed after {len(errors)} attempt(s): {detail}")
 
     def _post(self, channel: ChannelConfig, payload: Mapping[str, Any]) -> None:
         url = channel.resolve_url(os.environ)
@@ -110,9 +112,11 @@ class AlertRouter(dg.ConfigurableResource):
         try:
             response = requests.post(url, data=alerts.payload_bytes(payload), headers=headers, timeout=channel.timeout_seconds)
         except requests.RequestException as error:  # its text may hold the secret URL: keep it out of the log
-            raise requests.ConnectionError(f"{type(error).__name__} posting to {_redact(url)}: {_scrub(str(error), url)}") from None
+            detail = redact(error, url_secrets(url, whole=True))[:300]
+            raise requests.ConnectionError(f"{type(error).__name__} posting to {redact_webhook(url)}: {detail}") from None
         if response.status_code >= 300:
-            message = f"HTTP {response.status_code} from {_redact(url)}: {response.text[:200]}"
+            body = redact(response.text[:200], url_secrets(url, whole=True))
+            message = f"HTTP {response.status_code} from {redact_webhook(url)}: {body}"
             if response.status_code in RETRYABLE_HTTP:
                 raise requests.HTTPError(message)
             raise _Permanent(message)
@@ -226,26 +230,22 @@ class AlertRouter(dg.ConfigurableResource):
         return DeliveryReport(reports)
 
 
+def _channel_secrets(channel: ChannelConfig) -> list[str]:
+    """What a channel's errors must never show: its URL's secret parts, its SMTP password."""
+    secrets: list[str] = []
+    if channel.url or channel.url_env:
+        secrets += url_secrets(channel.url or os.environ.get(channel.url_env or ""), whole=True)
+    if channel.password_env:
+        secrets.append(os.environ.get(channel.password_env, ""))
+    return secrets
+
+
 class _Permanent(Exception):
     """A failure that retrying within this run cannot fix (HTTP 4xx other than 408/425/429)."""
 
 
 def _now(now: dt.datetime | None) -> dt.datetime:
     return now if now is not None else dt.datetime.now(dt.UTC)
-
-
-def _redact(url: str) -> str:
-    """Webhook URLs are secrets (Slack's path is the token): keep scheme, host and port only."""
-    parts = requests.utils.urlparse(url)
-    return f"{parts.scheme}://{parts.netloc}/..."
-
-
-def _scrub(text: str, url: str) -> str:
-    parts = requests.utils.urlparse(url)
-    for secret in (url, parts.path, parts.query):
-        if secret and secret != "/":
-            text = text.replace(secret, "/...")
-    return text[:300]
 
 
 def _sorted_records(incidents: pd.DataFrame) -> list[dict]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import PrivateAttr
 
 from anomaly_assets.core.detector import FleetAnomalyModel
+from anomaly_assets.redaction import redact, url_secrets
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -59,9 +61,23 @@ class MlflowModelRegistry(dg.ConfigurableResource):
     artifact_location: str | None = None
     # Base URL of the MLflow UI for links in Dagster metadata (`make mlflow` serves port 5000).
     ui_url: str = "http://127.0.0.1:5000"
+    # An unreachable tracking server fails within about 2 x this (one retry; MLflow's default
+    # retries for ~4 minutes). MLFLOW_HTTP_REQUEST_* set in the environment take precedence.
+    request_timeout_seconds: int = 10
     _loaded: dict[str, FleetAnomalyModel] = PrivateAttr(default_factory=dict)
 
+    @property
+    def where(self) -> str:
+        """The tracking URI as messages show it (credentials masked)."""
+        return redact(self.tracking_uri)
+
     def client(self) -> mlflow.MlflowClient:
+        for variable, value in (
+            ("MLFLOW_HTTP_REQUEST_TIMEOUT", self.request_timeout_seconds),
+            ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 1),
+            ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1),
+        ):
+            os.environ.setdefault(variable, str(value))
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         return mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
@@ -89,30 +105,33 @@ class MlflowModelRegistry(dg.ConfigurableResource):
         try:
             experiment_id = self._experiment_id(client)
         except Exception as error:
-            raise RegistryError(f"MLflow at {self.tracking_uri} is unreachable or failing: {error}") from error
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-            mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-            for name, figure in (figures or {}).items():
-                mlflow.log_figure(figure, f"figures/{name}.png")
-            with tempfile.TemporaryDirectory() as tmp:
-                for name, table in tables.items():
-                    path = Path(tmp, f"{name}.csv")
-                    table.to_csv(path, index=False)
-                    mlflow.log_artifact(str(path), artifact_path="tables")
-                model_path = Path(tmp, "model.joblib")
-                joblib.dump(model, model_path)
-                info = mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=FleetAnomalyPyfunc(),
-                    artifacts={MODEL_ARTIFACT: str(model_path)},
-                    pip_requirements=PIP_REQUIREMENTS,
-                    code_paths=[PACKAGE_DIR],
-                )
+            raise self._error("is unreachable or failing", error) from None
+        try:
+            with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+                mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+                mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+                for name, figure in (figures or {}).items():
+                    mlflow.log_figure(figure, f"figures/{name}.png")
+                with tempfile.TemporaryDirectory() as tmp:
+                    for name, table in tables.items():
+                        path = Path(tmp, f"{name}.csv")
+                        table.to_csv(path, index=False)
+                        mlflow.log_artifact(str(path), artifact_path="tables")
+                    model_path = Path(tmp, "model.joblib")
+                    joblib.dump(model, model_path)
+                    info = mlflow.pyfunc.log_model(
+                        name="model",
+                        python_model=FleetAnomalyPyfunc(),
+                        artifacts={MODEL_ARTIFACT: str(model_path)},
+                        pip_requirements=PIP_REQUIREMENTS,
+                        code_paths=[PACKAGE_DIR],
+                    )
+        except Exception as error:
+            raise self._error("failed to log the training run", error) from None
         try:
             version = mlflow.register_model(info.model_uri, self.model_name, tags=tags)
         except MlflowException as error:
-            raise RegistryError(f"registering {self.model_name} at {self.tracking_uri} failed: {error}") from error
+            raise self._error(f"failed to register {self.model_name}", error) from None
         try:
             aliases = [CHALLENGER]
             client.set_registered_model_alias(self.model_name, CHALLENGER, version.version)
@@ -122,10 +141,9 @@ class MlflowModelRegistry(dg.ConfigurableResource):
         except Exception as error:
             # Never leave a half-registered version behind: drop it, so no alias can point at it.
             client.delete_model_version(self.model_name, version.version)
-            raise RegistryError(
-                f"setting aliases on {self.model_name} version {version.version} at {self.tracking_uri} failed "
-                f"({error}); the version was deleted"
-            ) from error
+            raise self._error(
+                f"failed to set aliases on {self.model_name} version {version.version} (the version was deleted)", error
+            ) from None
         return RegisteredVersion(self.model_name, str(version.version), run.info.run_id, tuple(aliases), experiment_id)
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
@@ -147,28 +165,42 @@ class MlflowModelRegistry(dg.ConfigurableResource):
                 )
             )
         except Exception as error:
-            raise RegistryError(f"MLflow at {self.tracking_uri} is unreachable or failing: {error}") from error
+            raise self._error("is unreachable or failing", error) from None
         run_tags = {**tags, "partition": partition, "model_name": self.model_name, "model_version": model_version}
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"scored_anomalies {partition}", tags=run_tags) as run:
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-            for figure_name, figure in figures.items():
-                mlflow.log_figure(figure, f"figures/{figure_name}.png")
+        try:
+            with mlflow.start_run(experiment_id=experiment_id, run_name=f"scored_anomalies {partition}", tags=run_tags) as run:
+                mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+                for figure_name, figure in figures.items():
+                    mlflow.log_figure(figure, f"figures/{figure_name}.png")
+        except Exception as error:
+            raise self._error(f"failed to log the scoring run of {partition}", error) from None
         return self.run_url(experiment_id, run.info.run_id)
 
     def champion_history(self) -> list[dict[str, str]]:
-        """Every champion change, oldest first: version, previous, action, reason, actor, at."""
+        """Every champion change, oldest first: version, previous, action, reason, actor, at.
+        Empty only when the model is not registered yet; any failure to read it raises, so a
+        change never overwrites the history with itself alone."""
         try:
             tags = self.client().get_registered_model(self.model_name).tags
-        except MlflowException:
-            return []
-        return json.loads(tags.get(CHAMPION_HISTORY_TAG, "[]"))
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return []
+            raise self._error(f"failed to read the champion history of {self.model_name}", error) from None
+        try:
+            return json.loads(tags.get(CHAMPION_HISTORY_TAG, "[]"))
+        except json.JSONDecodeError as error:
+            raise RegistryError(
+                f"the {CHAMPION_HISTORY_TAG} tag of {self.model_name} at {self.where} is not valid JSON ({error})"
+            ) from None
 
     def set_champion(self, version: str, reason: str, actor: str, action: str = "promote") -> dict[str, str]:
         client = self.client()
         try:
             client.get_model_version(self.model_name, version)
         except MlflowException as error:
-            raise LookupError(f"{self.model_name} has no version {version} at {self.tracking_uri}") from error
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise self._error(f"failed to read {self.model_name} version {version}", error) from None
+            raise LookupError(f"{self.model_name} has no version {version} at {self.where}") from None
         history = self.champion_history()
         entry = {
             "version": str(version),
@@ -201,7 +233,7 @@ class MlflowModelRegistry(dg.ConfigurableResource):
         try:
             versions = client.search_model_versions(f"name = '{self.model_name}'")
         except MlflowException as error:
-            raise RegistryError(f"listing {self.model_name} at {self.tracking_uri} failed: {error}") from error
+            raise self._error(f"failed to list {self.model_name}", error) from None
         aliases_by_version: dict[str, list[str]] = {}
         for alias, version in client.get_registered_model(self.model_name).aliases.items() if versions else []:
             aliases_by_version.setdefault(str(version), []).append(alias)
@@ -226,7 +258,7 @@ class MlflowModelRegistry(dg.ConfigurableResource):
         try:
             versions = self.client().search_model_versions(f"name = '{self.model_name}'")
         except MlflowException as error:
-            raise RegistryError(f"listing {self.model_name} at {self.tracking_uri} failed: {error}") from error
+            raise self._error(f"failed to list {self.model_name}", error) from None
         return str(max(int(v.version) for v in versions)) if versions else None
 
     def tag_version(self, version: str, tags: dict[str, str]) -> None:
@@ -235,14 +267,28 @@ class MlflowModelRegistry(dg.ConfigurableResource):
             client.set_model_version_tag(self.model_name, str(version), key, str(value)[:5000])
 
     def alias_version(self, alias: str) -> str | None:
+        """The version behind ``alias``; None only when the alias (or the model) does not exist.
+        Any other failure raises: an outage must never look like "no champion yet"."""
         try:
             return str(self.client().get_model_version_by_alias(self.model_name, alias).version)
-        except MlflowException:
-            return None
+        except MlflowException as error:
+            missing_model = error.error_code == "RESOURCE_DOES_NOT_EXIST"
+            missing_alias = error.error_code == "INVALID_PARAMETER_VALUE" and f"alias {alias} not found" in str(error)
+            if missing_model or missing_alias:
+                return None
+            raise self._error(f"failed to read the '{alias}' alias of {self.model_name}", error) from None
+
+    def _error(self, what: str, error: BaseException) -> RegistryError:
+        """A RegistryError naming the (redacted) tracking URI and MLflow's first line."""
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return RegistryError(redact(f"MLflow at {self.where}: {what}: {detail}", url_secrets(self.tracking_uri)))
 
     def load_version(self, version: str) -> FleetAnomalyModel:
         if version not in self._loaded:
-            pyfunc = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}")
+            try:
+                pyfunc = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}")
+            except Exception as error:
+                raise self._error(f"failed to load {self.model_name} version {version}", error) from None
             self._loaded[version] = pyfunc.unwrap_python_model().model
         return self._loaded[version]
 
@@ -250,7 +296,7 @@ class MlflowModelRegistry(dg.ConfigurableResource):
         version = self.alias_version(CHAMPION)
         if version is None:
             raise NoChampionError(
-                f"registered model {self.model_name!r} at {self.tracking_uri} has no '{CHAMPION}' alias: "
+                f"registered model {self.model_name!r} at {self.where} has no '{CHAMPION}' alias: "
                 "materialize anomaly_detector first (the first trained version becomes champion)"
             )
         return version, self.load_version(version)

@@ -90,8 +90,6 @@ class DetectorTrainingConfig(dg.Config):
     kinds={"scikitlearn", "mlflow"},
     code_version="1",
     ins=TRAINING_WINDOW_IN,
-    # An unreachable or failing MLflow is usually transient: retry with exponential backoff.
-    retry_policy=dg.RetryPolicy(max_retries=3, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
     description="IsolationForest on features plus cohort z-scores, registered in MLflow with everything scoring needs.",
 )
 def anomaly_detector(
