@@ -268,3 +268,108 @@ def test_a_successful_scoring_run_requests_alerting_for_the_same_partitions():
         assert request.partition_key == expected
         if expected is None:
             assert {k: request.tags[k] for k in range_tags} == range_tags
+
+
+# ----------------------------------------------------------------------------- chunks of devices
+
+
+def _fleet_two_days(seed: int = 3) -> pd.DataFrame:
+    """42 devices in 3 cohorts over two days: random flags, a cohort burst on the first evening
+    that runs past midnight, incidents open at midnight, and devices silent on the second day."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(42):
+        flags = rng.random(576) < 0.04
+        burst = slice(200 + i % 5, 260 + i % 7)
+        flags[burst] |= rng.random(burst.stop - burst.start) < 0.5  # scattered bursts
+        if i % 3 == 0:  # cohort M0 fires together from 22:00 on day one into day two
+            flags[264:300] = True
+        if i % 10 == 9:  # goes silent at midnight with an incident open
+            flags[280:288] = True
+            flags = flags[:288]
+        severity = 55.0 + (i * 7) % 44
+        frame = device_rows(f"dev-{i:03d}", f"Acme|M{i % 3}|1", "2026-11-08 00:00", "".join("1" if f else "0" for f in flags), severity)
+        frames.append(frame.assign(score=frame["score"] + rng.random(len(frame)) * 0.01))
+    return scored(*frames)
+
+
+@pytest.mark.parametrize("chunks", [1, 6, 42])
+def test_incidents_in_chunks_of_devices_equal_one_pass_over_each_day(chunks):
+    """The chunked tracker (anomaly_assets.core.incident_days) gives exactly what one pass over all
+    of each day's rows gives, the state carried through JSON as the incident_state table does."""
+    import json
+
+    import numpy as np
+
+    from anomaly_assets.core.incident_days import IncidentDays
+
+    rows = _fleet_two_days()
+    days = ["2026-11-08", "2026-11-09"]
+    rules = IncidentRules()
+    # dev-999 enters the run with an incident open since the day before and then sends nothing
+    earlier = detect_incidents(
+        device_rows("dev-999", "Acme|M1|1", "2026-11-07 23:40", "1111", 90.0).assign(partition_date="2026-11-07"),
+        {},
+        rules,
+        "2026-11-07",
+        pd.Timestamp("2026-11-08", tz="UTC"),
+    )
+    previous = json.loads(json.dumps({f"{k}|{s}": v for (k, s), v in earlier.states.items()}))
+    previous = {tuple(key.split("|", 1)): value for key, value in previous.items()}
+
+    expected, states = {}, previous
+    for day in days:
+        result = detect_incidents(rows.loc[rows["partition_date"] == day], states, rules, day, pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1))
+        expected[day] = result
+        states = {key: json.loads(json.dumps(value)) for key, value in result.states.items()}
+
+    tracker = IncidentDays(days, previous, rules)
+    devices = rows["device_id"].unique()
+    for part in np.array_split(devices, chunks):
+        tracker.add(rows.loc[rows["device_id"].isin(part)])
+    got = tracker.results()
+    assert list(got) == days
+    assert sum(len(r.incidents) for r in expected.values()) > 20
+    assert (expected["2026-11-08"].incidents["kind"] == "cohort").any()
+    assert ("device", "dev-999") in previous and (expected["2026-11-08"].incidents["device_id"] == "dev-999").any()
+    for day in days:
+        pd.testing.assert_frame_equal(got[day].incidents, expected[day].incidents, check_exact=True)
+        assert got[day].states == {k: json.loads(json.dumps(v)) for k, v in expected[day].states.items()}
+        assert got[day].suppressed_samples == expected[day].suppressed_samples
+
+
+def test_device_incidents_in_chunks_of_seven_devices_writes_the_same_tables(tmp_path):
+    """Through the asset: chunks of 7 devices and one chunk leave identical incident tables."""
+    import dagster as dg
+
+    from anomaly_assets.resources import PartitionedParquetIOManager, ResultsStore
+    from anomaly_assets.resources.alert_router import AlertRouter
+    from anomaly_assets_tests.incident_helpers import QUIET, SCORED
+
+    tables = {}
+    for name, devices_per_chunk in (("chunked", 7), ("whole", 10_000)):
+        root = tmp_path / name
+        write_scored_partitions(root / "parquet", _fleet_two_days())
+        store = ResultsStore(url=f"sqlite:///{root / 'results.db'}")
+        for day in ("2026-11-08", "2026-11-09"):
+            result = dg.materialize(
+                [SCORED, device_incidents],
+                selection=[device_incidents],
+                partition_key=day,
+                run_config=QUIET,
+                resources={
+                    "io_manager": PartitionedParquetIOManager(base_path=str(root / "parquet"), devices_per_chunk=devices_per_chunk),
+                    "results_store": store,
+                    "alert_router": AlertRouter(),
+                },
+            )
+            assert result.success
+        tables[name] = (
+            incident_store.read_incidents(store).drop(columns=["updated_at", "run_id"], errors="ignore").sort_values("incident_id", ignore_index=True),
+            store.read_frame("select partition_date, kind, subject, state_json from incident_state order by 1, 2, 3"),
+        )
+    assert len(tables["whole"][0]) > 20
+    pd.testing.assert_frame_equal(tables["chunked"][0], tables["whole"][0])
+    pd.testing.assert_frame_equal(tables["chunked"][1], tables["whole"][1])

@@ -365,22 +365,39 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 
 def cohort_buckets(scored: pd.DataFrame, rules: IncidentRules) -> pd.DataFrame:
     """Per (cohort, bucket): reporting devices, flagged devices, their share and whether it fires."""
-    columns = ["cohort", "bucket", "devices", "flagged_devices", "share", "fires"]
+    return cohort_buckets_from_counts([cohort_bucket_counts(scored, rules)], rules)
+
+
+BUCKET_COLUMNS = ["cohort", "bucket", "devices", "flagged_devices", "share", "fires"]
+
+
+def cohort_bucket_counts(scored: pd.DataFrame, rules: IncidentRules) -> pd.DataFrame:
+    """Per (cohort, bucket) of ``scored``: reporting devices and flagged devices. Counts of chunks
+    holding disjoint sets of whole devices add up to the counts of all their rows."""
     if scored.empty:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame({"cohort": [], "bucket": [], "devices": [], "flagged_devices": []})
     frame = scored.assign(bucket=scored["timestamp"].dt.floor(f"{rules.cohort_bucket_minutes}min"))
     devices = frame.groupby(["cohort", "bucket"])["device_id"].nunique().rename("devices")
     per_device = frame.loc[frame["is_anomaly"].astype(bool)].groupby(["cohort", "bucket", "device_id"]).size()
     flagged = per_device.loc[per_device >= rules.cohort_min_device_samples].groupby(level=["cohort", "bucket"]).size()
     table = pd.concat([devices, flagged.rename("flagged_devices")], axis=1).fillna({"flagged_devices": 0}).reset_index()
-    table["flagged_devices"] = table["flagged_devices"].astype("int64")
+    return table.astype({"devices": "int64", "flagged_devices": "int64"})
+
+
+def cohort_buckets_from_counts(counts: list[pd.DataFrame], rules: IncidentRules) -> pd.DataFrame:
+    """:func:`cohort_buckets` from the counts of chunks of whole devices."""
+    counts = [c for c in counts if len(c)]
+    if not counts:
+        return pd.DataFrame(columns=BUCKET_COLUMNS)
+    table = counts[0] if len(counts) == 1 else pd.concat(counts).groupby(["cohort", "bucket"], as_index=False).sum()
+    table = table.astype({"devices": "int64", "flagged_devices": "int64"})
     table["share"] = table["flagged_devices"] / table["devices"]
     table["fires"] = (
         (table["devices"] >= rules.cohort_min_devices)
         & (table["flagged_devices"] >= rules.cohort_min_flagged_devices)
         & (table["share"] >= rules.cohort_min_share)
     )
-    return table[columns].sort_values(["cohort", "bucket"], ignore_index=True)
+    return table[BUCKET_COLUMNS].sort_values(["cohort", "bucket"], ignore_index=True)
 
 
 def _cohort_row(incident: dict, partition: str, rules: IncidentRules) -> dict:
@@ -406,8 +423,22 @@ def detect_cohort_incidents(
 ) -> tuple[pd.DataFrame, dict[str, dict], pd.DataFrame]:
     """Cohort incidents of one day, the cohorts' state at the day's end, and the bucket table."""
     buckets = cohort_buckets(scored, rules)
-    firing = buckets.loc[buckets["fires"]]
     flagged = scored.loc[scored["is_anomaly"].astype(bool)]
+    incidents, states = cohort_incidents_from_buckets(buckets, flagged, previous_states, rules, partition, day_end)
+    return incidents, states, buckets
+
+
+def cohort_incidents_from_buckets(
+    buckets: pd.DataFrame,
+    flagged: pd.DataFrame,
+    previous_states: dict[str, dict],
+    rules: IncidentRules,
+    partition: str,
+    day_end: pd.Timestamp,
+) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """Cohort incidents of one day from its bucket table and its anomalous rows (in the order the
+    day's rows are stored); with the cohorts' state at the day's end."""
+    firing = buckets.loc[buckets["fires"]]
     if len(flagged):
         flagged = flagged.assign(bucket=flagged["timestamp"].dt.floor(f"{rules.cohort_bucket_minutes}min"))
     quiet_after = rules.bucket * rules.cohort_close_after_buckets
@@ -466,7 +497,7 @@ def detect_cohort_incidents(
             else:
                 states[cohort] = {"open": incident}
     rows = [_cohort_row(incident, partition, rules) for incident in touched.values()]
-    return _frame(rows), states, buckets
+    return _frame(rows), states
 
 
 def attach_to_cohorts(device_incidents: pd.DataFrame, cohort_incidents: pd.DataFrame) -> pd.DataFrame:

@@ -4,15 +4,16 @@
 import dataclasses
 
 import dagster as dg
-import pandas as pd
 
 from anomaly_assets.core.alerts import ChannelConfigError
-from anomaly_assets.core.incidents import IncidentRules, detect_incidents
+from anomaly_assets.core.incident_days import IncidentDays
+from anomaly_assets.core.incidents import IncidentRules
 from anomaly_assets.defs.jobs import scoring_job
 from anomaly_assets.defs.partitions import daily_partitions, days_in, markdown_preview, partition_window
 from anomaly_assets.resources import ResultsStore
 from anomaly_assets.resources import incident_store
 from anomaly_assets.resources.alert_router import AlertRouter
+from anomaly_assets.resources.parquet_io import DeviceChunks
 
 INCIDENT_PREVIEW = ["kind", "device_id", "cohort", "status", "severity_level", "started_at", "anomalous_samples", "devices", "top_features"]
 _DEFAULT_RULES = IncidentRules()
@@ -56,26 +57,27 @@ class IncidentConfig(dg.Config):
 def device_incidents(
     context: dg.AssetExecutionContext,
     config: IncidentConfig,
-    scored_anomalies: pd.DataFrame,
+    scored_anomalies: DeviceChunks,
     results_store: ResultsStore,
 ) -> dg.MaterializeResult:
     rules = config.rules()
     start, end = partition_window(context)
     days = days_in(start, end)
     first_partition = daily_partitions.get_first_partition_key()
-    partition_days = scored_anomalies["partition_date"] if len(scored_anomalies) else pd.Series(dtype="object")
+    previous = incident_store.previous_day(days[0])
+    processed, states = incident_store.load_state(results_store, previous)
+    if not processed and days[0] != first_partition:
+        context.log.warning(
+            f"device_incidents {previous} has not been processed: incidents of {days[0]} start without "
+            "the previous day's open incidents and hysteresis windows"
+        )
+    # A chunk of devices at a time, each carried through the run's days in order; cohort incidents
+    # once every chunk's counts are in (anomaly_assets.core.incident_days).
+    tracker = IncidentDays(days, states, rules)
+    for chunk in scored_anomalies:
+        tracker.add(chunk)
     metadata_by_day = {}
-    for day in days:  # in order: each day continues from the state the previous day left
-        previous = incident_store.previous_day(day)
-        processed, states = incident_store.load_state(results_store, previous)
-        if not processed and day != first_partition:
-            context.log.warning(
-                f"device_incidents {previous} has not been processed: incidents of {day} start without "
-                "the previous day's open incidents and hysteresis windows"
-            )
-        rows = scored_anomalies.loc[partition_days == day]
-        day_end = pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1)
-        result = detect_incidents(rows, states, rules, day, day_end)
+    for position, (day, result) in enumerate(tracker.results().items()):
         written = incident_store.write_day(results_store, day, result, context.run.run_id)
         incidents = result.incidents
         metadata_by_day[day] = {
@@ -83,11 +85,11 @@ def device_incidents(
             "device_incidents": int((incidents["kind"] == "device").sum()) if len(incidents) else 0,
             "cohort_incidents": int((incidents["kind"] == "cohort").sum()) if len(incidents) else 0,
             "opened": int((incidents["first_partition"] == day).sum()) if len(incidents) else 0,
-            "continued_from_previous_day": sum(1 for s in states.values() if s.get("open")),
+            "continued_from_previous_day": tracker.open_entering(day),
             "open_at_end_of_day": sum(1 for s in result.states.values() if s.get("open")),
             "attached_to_cohort_incidents": int(incidents["cohort_incident_id"].notna().sum()) if len(incidents) else 0,
             "cooldown_suppressed_samples": result.suppressed_samples,
-            "previous_day_state": "loaded" if processed else "missing (started fresh)",
+            "previous_day_state": "loaded" if processed or position else "missing (started fresh)",
             "stale_incidents_deleted": written["stale_deleted"],
             "rules": dg.MetadataValue.json(dataclasses.asdict(rules)),
             "preview": markdown_preview(
