@@ -9,8 +9,8 @@ first, not measured, that the source streams 50,000 rows at a time, as a databas
 read. A champion is trained on 100 devices x 7 days of it. Then the scored day and its lookback
 day are materialized for N devices, each asset step in a process of its own, as the
 multiprocess executor runs them, so each step's peak resident memory (VmHWM) is its own:
-raw_telemetry and validated_telemetry of both days, then device_features, scored_anomalies and
-feature_drift of the scored day. The same steps run twice, with
+raw_telemetry and validated_telemetry of both days, then device_features, scored_anomalies,
+feature_drift and device_incidents of the scored day. The same steps run twice, with
 ANOMALY_ASSETS_DEVICES_PER_CHUNK at the chunk size and at the fleet size (one chunk: the whole
 partition in memory), and the table gives both and their ratio. ``imports`` is a step that only
 loads the code location: the floor every step stands on.
@@ -40,6 +40,7 @@ STEPS = [
     ("device_features", DAY),
     ("scored_anomalies", DAY),
     ("feature_drift", DAY),
+    ("device_incidents", DAY),
 ]
 SEED = 11
 
