@@ -107,6 +107,20 @@ def test_sensor_stays_quiet_without_drift_then_fires_once_then_cools_down(drifti
     assert not after.run_requests
     assert json.loads(after.cursor)["last_requested_partition"] == "2026-11-10"
 
+    # A tick reads only the measurements recorded since the previous tick, not the history.
+    read: list[int] = []
+    fetch = instance.fetch_materializations
+
+    def counting(*args, **kwargs):
+        page = fetch(*args, **kwargs)
+        read.append(len(page.records))
+        return page
+
+    instance.fetch_materializations = counting
+    idle = _evaluate_sensor(defs, instance, cursor=after.cursor)
+    assert read == [0] and not idle.run_requests
+    assert json.loads(idle.cursor)["drifted"]["2026-11-10"] >= 3  # the streak is remembered, not re-read
+
 
 def test_schedules_request_yesterdays_partition():
     context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 20, 2, 0, tzinfo=dt.UTC))

@@ -50,6 +50,9 @@ class IncidentConfig(dg.Config):
     kinds={"pandas", "sql"},
     owners=["team:fleet-analytics"],
     code_version="1",
+    # A day continues from the state the day before left (open incidents, hysteresis, cooldowns):
+    # declared, so the UI shows later days stale after an earlier one changes and runs them in order.
+    deps=[dg.AssetDep("device_incidents", partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1))],
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="Anomalous rows grouped into device incidents (hysteresis, cooldown) and cohort incidents; "
     "stable ids, upserted in the 'incidents' table; incidents open at midnight continue the next day.",
