@@ -10,7 +10,7 @@ WORKDIR /opt/anomaly_assets
 COPY pyproject.toml constraints.txt README.md ./
 COPY anomaly_assets ./anomaly_assets
 RUN pip install --no-cache-dir -c constraints.txt .
-COPY dagster.yaml workspace.production.yaml celery_worker.yaml ./
+COPY deploy/dagster.yaml workspace.production.yaml celery_worker.yaml ./
 
 ENV DAGSTER_HOME=/opt/dagster/home \
     ANOMALY_ASSETS_ENV=production \

@@ -27,7 +27,7 @@ test: install
 dev: install
 	mkdir -p $(DAGSTER_HOME)
 	test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml
+	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(BIN)):$$PATH $(BIN)/dg dev
 
 mlflow: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(ANOMALY_ASSETS_HOME)/mlflow/mlflow.db --port 5000

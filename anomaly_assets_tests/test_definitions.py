@@ -38,7 +38,7 @@ def test_definitions_load(tmp_path):
     # One retry layer per failure kind: no step retries training (MLflow's client retries its own
     # requests, bounded); the instance re-runs a run only when the run itself died, not a step.
     assert all(node.assets_def.op.retry_policy is None for node in graph.asset_nodes if node.is_materializable)
-    run_retries = yaml.safe_load((Path(__file__).parents[1] / "dagster.yaml").read_text())["run_retries"]
+    run_retries = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "dagster.yaml").read_text())["run_retries"]
     assert run_retries["enabled"] and run_retries["retry_on_asset_or_op_failure"] is False
     # groups per layer
     groups = {graph.get(dg.AssetKey(k)).group_name for k in keys}

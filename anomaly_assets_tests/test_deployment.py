@@ -67,7 +67,7 @@ def test_production_workspace_points_at_the_code_service():
 
 
 def test_dagster_yaml_is_postgres_backed_with_queued_runs_and_retries():
-    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    config = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
     assert set(config["storage"]["postgres"]["postgres_db"]["password"]) == {"env"}
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     assert config["run_coordinator"]["config"]["max_concurrent_runs"] >= 1

@@ -66,7 +66,7 @@ def stack(tmp_path, postgres_databases):
     dagster_db, mlflow_db, results_db = postgres_databases(), postgres_databases(), postgres_databases()
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+    shutil.copy(REPO / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
     pg = urlparse(dagster_db)
     mlflow_port, grpc_port, web_port = free_port(), free_port(), free_port()
     env = {
