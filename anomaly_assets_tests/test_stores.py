@@ -162,3 +162,24 @@ def test_bulk_insert_stores_what_sqlalchemy_core_stores(tmp_path):
         assert stored[0][2] == "2026-11-01 00:05:00.000000" and stored[1][3] is None
         typed = a.execute(sa.select(anomaly_events.c.timestamp).order_by(anomaly_events.c.device_id)).scalars().all()
     assert [t.replace(tzinfo=None) for t in typed] == [s.replace(tzinfo=None).to_pydatetime() for s in stamps]
+
+
+def test_migrations_run_once_per_process_and_engines_close_after_a_step(tmp_path, monkeypatch):
+    from anomaly_assets.resources import results_store
+
+    upgrades: list[str] = []
+    original = results_store.upgrade_schema
+    monkeypatch.setattr(results_store, "upgrade_schema", lambda engine: (upgrades.append(str(engine.url)), original(engine)))
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+
+    @dg.asset
+    def counted(results_store: ResultsStore) -> None:
+        results_store.count(anomaly_events)
+
+    for _ in range(3):  # three steps, each with its own resource and engine
+        assert dg.materialize([counted], resources={"results_store": ResultsStore(url=url)}).success
+    assert upgrades == [url]
+    store = ResultsStore(url=url)
+    assert store.count(anomaly_events) == 0 and upgrades == [url]
+    store.teardown_after_execution(None)
+    assert store._engine is None

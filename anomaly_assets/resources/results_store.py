@@ -157,6 +157,7 @@ alert_delivery_log = sa.Table(
 
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 _MIGRATION_LOCK = 74_226_001  # PostgreSQL advisory lock: one process migrates at a time
+_MIGRATED: set[str] = set()  # databases this process has brought to the newest revision
 
 
 def upgrade_schema(engine: sa.Engine) -> None:
@@ -183,9 +184,17 @@ class ResultsStore(dg.ConfigurableResource):
     def engine(self) -> sa.Engine:
         if self._engine is None:
             engine = sa.create_engine(self.url, future=True)
-            upgrade_schema(engine)
+            if self.url not in _MIGRATED:  # once per process and database, not per step or resource copy
+                upgrade_schema(engine)
+                _MIGRATED.add(self.url)
             self._engine = engine
         return self._engine
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """Close the step's connections when the step ends."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
 
     def replace_partitions(
         self, table: sa.Table, partition_dates: Sequence[str], frames: pd.DataFrame | Iterable[pd.DataFrame]
