@@ -50,7 +50,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             retention.retention_job,
         ],
         schedules=[schedules.daily_scoring_schedule, schedules.weekly_retraining_schedule, retention.weekly_retention_schedule],
-        sensors=[drift_retraining_sensor, alerting_assets.alerting_after_scoring_sensor],
+        sensors=[drift_retraining_sensor, alerting_assets.alerting_automation_sensor],
         resources=build_resources(settings),
         executor=executor_for(settings),
     )

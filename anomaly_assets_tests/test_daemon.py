@@ -1,5 +1,6 @@
-"""Integration: a real dagster-daemon launches the daily scoring schedule and the drift sensor's
-retraining run, both succeed, and the daemon stops cleanly."""
+"""Integration: a real dagster-daemon launches the daily scoring schedule, the incidents and alert
+deliveries that follow scoring (declarative automation) and the drift sensor's retraining run,
+all succeed, and the daemon stops cleanly."""
 
 from __future__ import annotations
 
@@ -37,7 +38,11 @@ def test_daemon_runs_schedule_and_drift_sensor(tmp_path):
     # Ten days with a firmware shift from day 8: scoring days 8-10 drift.
     _run([str(BIN / "anomaly-assets"), "demo", "--devices", "20", "--seed", "5", "--fleet-shift-day", "7",
           "--home", str(home), "--json"], env)
-    for kind, name in (("schedule", "daily_scoring_schedule"), ("sensor", "drift_retraining_sensor")):
+    for kind, name in (
+        ("schedule", "daily_scoring_schedule"),
+        ("sensor", "drift_retraining_sensor"),
+        ("sensor", "alerting_automation_sensor"),
+    ):
         _run([str(BIN / "dagster"), kind, "start", name, "-w", "workspace.yaml"], env)
 
     log = open(tmp_path / "daemon.log", "w")
@@ -63,6 +68,24 @@ def test_daemon_runs_schedule_and_drift_sensor(tmp_path):
         [retraining] = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/sensor_name": "drift_retraining_sensor"}))
         assert retraining.tags["dagster/partition"] == "2026-11-10"
         assert retraining.job_name == "training_job"
+        # The scheduled day's scores bring its incidents and deliveries, by themselves.
+        scoring = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/schedule_name": "daily_scoring_schedule"}))[-1]
+        day = scoring.tags["dagster/partition"]
+        while time.monotonic() < deadline + 240:
+            events = [
+                e for e in instance.fetch_materializations(dg.AssetKey("alert_deliveries"), limit=50).records
+                if e.asset_materialization and e.asset_materialization.partition == day
+            ]
+            if events:
+                break
+            assert daemon.poll() is None, "dagster-daemon exited early: " + (tmp_path / "daemon.log").read_text()[-3000:]
+            time.sleep(3)
+        assert events, ("no alert_deliveries for " + day, (tmp_path / "daemon.log").read_text()[-3000:])
+        incidents = [
+            e for e in instance.fetch_materializations(dg.AssetKey("device_incidents"), limit=50).records
+            if e.asset_materialization and e.asset_materialization.partition == day
+        ]
+        assert incidents
     finally:
         daemon.send_signal(signal.SIGINT)
         try:

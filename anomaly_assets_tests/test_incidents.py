@@ -10,6 +10,7 @@ from anomaly_assets.core.incidents import IncidentRules, detect_device_incidents
 from anomaly_assets.defs.alerting.assets import device_incidents
 from anomaly_assets.resources import incident_store
 from anomaly_assets.resources.results_store import incident_state, incidents
+from anomaly_assets_tests.incident_helpers import SCORED as SCORED_SOURCE
 from anomaly_assets_tests.incident_helpers import AlertingHarness, device_rows, scored, write_scored_partitions
 
 RULES = IncidentRules(open_k=3, open_n=5, close_m=3, cooldown_minutes=30, stale_after_minutes=60)
@@ -237,37 +238,48 @@ def test_invalid_incident_config_names_the_problem(tmp_path):
         harness.run(partition_key="2026-11-08", incidents_config={"open_k": 9, "open_n": 3})
 
 
-def test_a_successful_scoring_run_requests_alerting_for_the_same_partitions():
+def test_scored_partitions_bring_their_incidents_and_then_their_deliveries(tmp_path):
+    """Declarative automation: each day whose scores change gets device_incidents (any day, not
+    only the latest; not waiting for its own previous day), and alert_deliveries with it."""
     import dagster as dg
 
-    from anomaly_assets.defs.alerting.assets import alerting_after_scoring_sensor
+    from anomaly_assets.defs.alerting.assets import alert_deliveries
 
-    @dg.op
-    def noop():
-        return None
-
-    @dg.job
-    def stand_in():
-        noop()
+    from anomaly_assets.resources import ResultsStore
+    from anomaly_assets.resources.alert_router import AlertRouter
 
     instance = dg.DagsterInstance.ephemeral()
-    range_tags = {"dagster/asset_partition_range_start": "2026-11-08", "dagster/asset_partition_range_end": "2026-11-10"}
-    for tags, expected in (({"dagster/partition": "2026-11-08"}, "2026-11-08"), (range_tags, None), ({}, "skip")):
-        result = stand_in.execute_in_process(instance=instance, tags=tags)
-        context = dg.build_run_status_sensor_context(
-            sensor_name="alerting_after_scoring_sensor",
-            dagster_instance=instance,
-            dagster_run=instance.get_run_by_id(result.run_id),
-            dagster_event=result.get_run_success_event(),
-        )
-        request = alerting_after_scoring_sensor(context)
-        if expected == "skip":
-            assert isinstance(request, dg.SkipReason)
-            continue
-        assert request.run_key == f"alerting-{result.run_id}"
-        assert request.partition_key == expected
-        if expected is None:
-            assert {k: request.tags[k] for k in range_tags} == range_tags
+    assets = dg.Definitions(
+        assets=[SCORED_SOURCE, device_incidents, alert_deliveries],
+        resources={"results_store": ResultsStore(url=f"sqlite:///{tmp_path}/r.db"), "alert_router": AlertRouter()},
+    )
+    first = dg.evaluate_automation_conditions(defs=assets, instance=instance)
+    assert first.total_requested == 0  # nothing scored yet
+    for day in ("2026-11-08", "2026-11-09"):  # e.g. a backfill of scoring_job
+        instance.report_runless_asset_event(dg.AssetMaterialization("scored_anomalies", partition=day))
+    second = dg.evaluate_automation_conditions(defs=assets, instance=instance, cursor=first.cursor)
+    requested = {key.to_user_string(): set(subset) for key, subset in _requested(second).items()}
+    # one run per day range: incidents, then their deliveries
+    assert requested == {"device_incidents": {"2026-11-08", "2026-11-09"}, "alert_deliveries": {"2026-11-08", "2026-11-09"}}
+    for day in ("2026-11-08", "2026-11-09"):
+        for asset in ("device_incidents", "alert_deliveries"):
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=day))
+    third = dg.evaluate_automation_conditions(defs=assets, instance=instance, cursor=second.cursor)
+    assert third.total_requested == 0  # handled: nothing is requested twice
+    instance.report_runless_asset_event(dg.AssetMaterialization("scored_anomalies", partition="2026-11-08"))
+    fourth = dg.evaluate_automation_conditions(defs=assets, instance=instance, cursor=third.cursor)
+    assert {key.to_user_string(): set(subset) for key, subset in _requested(fourth).items()} == {
+        "device_incidents": {"2026-11-08"},
+        "alert_deliveries": {"2026-11-08"},
+    }  # re-scoring a day brings its incidents again
+
+
+def _requested(result) -> dict:
+    return {
+        r.key: r.true_subset.get_internal_subset_value().get_partition_keys()
+        for r in result.results
+        if r.true_subset.size
+    }
 
 
 # ----------------------------------------------------------------------------- chunks of devices

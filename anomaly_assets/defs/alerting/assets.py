@@ -8,7 +8,6 @@ import dagster as dg
 from anomaly_assets.core.alerts import ChannelConfigError
 from anomaly_assets.core.incident_days import IncidentDays
 from anomaly_assets.core.incidents import IncidentRules
-from anomaly_assets.defs.jobs import scoring_job
 from anomaly_assets.defs.partitions import daily_partitions, days_in, markdown_preview, partition_window
 from anomaly_assets.resources import ResultsStore
 from anomaly_assets.resources import incident_store
@@ -17,6 +16,13 @@ from anomaly_assets.resources.parquet_io import DeviceChunks
 
 INCIDENT_PREVIEW = ["kind", "device_id", "cohort", "status", "severity_level", "started_at", "anomalous_samples", "devices", "top_features"]
 _DEFAULT_RULES = IncidentRules()
+
+# Incidents follow each scored partition, and deliveries follow incidents: Dagster's declarative
+# automation (eager, for every partition, not only the latest day) instead of a hand-written
+# sensor. device_incidents waits for its day's scores, not for its own previous day (a first day,
+# or a gap, starts fresh with a warning).
+AFTER_UPSTREAM = dg.AutomationCondition.eager().without(dg.AutomationCondition.in_latest_time_window())
+INCIDENTS_AFTER_SCORING = AFTER_UPSTREAM.allow(dg.AssetSelection.assets("scored_anomalies"))
 
 
 class IncidentConfig(dg.Config):
@@ -53,6 +59,7 @@ class IncidentConfig(dg.Config):
     # A day continues from the state the day before left (open incidents, hysteresis, cooldowns):
     # declared, so the UI shows later days stale after an earlier one changes and runs them in order.
     deps=[dg.AssetDep("device_incidents", partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1))],
+    automation_condition=INCIDENTS_AFTER_SCORING,
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="Anomalous rows grouped into device incidents (hysteresis, cooldown) and cohort incidents; "
     "stable ids, upserted in the 'incidents' table; incidents open at midnight continue the next day.",
@@ -114,6 +121,7 @@ def device_incidents(
     owners=["team:fleet-analytics"],
     code_version="1",
     deps=[device_incidents],
+    automation_condition=AFTER_UPSTREAM,
     backfill_policy=dg.BackfillPolicy.single_run(),
     check_specs=[
         dg.AssetCheckSpec(
@@ -175,18 +183,10 @@ alerting_job = dg.define_asset_job(
 )
 
 
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[scoring_job],
-    request_job=alerting_job,
-    description="After a scoring_job run succeeds, runs alerting_job for the same partition (or range).",
+
+alerting_automation_sensor = dg.AutomationConditionSensorDefinition(
+    "alerting_automation_sensor",
+    target=dg.AssetSelection.assets("device_incidents", "alert_deliveries"),
+    minimum_interval_seconds=30,
+    description="Materializes device_incidents for each day whose scored_anomalies changed, then alert_deliveries.",
 )
-def alerting_after_scoring_sensor(context: dg.RunStatusSensorContext):
-    tags = context.dagster_run.tags
-    run_id = context.dagster_run.run_id
-    if "dagster/partition" in tags:
-        return dg.RunRequest(run_key=f"alerting-{run_id}", partition_key=tags["dagster/partition"])
-    range_tags = {k: v for k, v in tags.items() if k in ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")}
-    if len(range_tags) == 2:
-        return dg.RunRequest(run_key=f"alerting-{run_id}", tags=range_tags)
-    return dg.SkipReason(f"scoring run {run_id} has no partition tags")
