@@ -33,6 +33,9 @@ class Settings:
     # Devices per chunk of the partition path (validated_telemetry, device_features,
     # scored_anomalies, feature_drift): their memory depends on it, not on the fleet's size.
     devices_per_chunk: int = 1_000
+    # Each MLflow request times out after this and is retried once: an unreachable tracking server
+    # fails a step or a CLI command in about twice this, not MLflow's default of ~4 minutes.
+    mlflow_timeout_seconds: int = 10
     # How a run's steps execute: one machine (multiprocess), or Celery workers on a Redis broker
     # (ANOMALY_ASSETS_CELERY_BROKER) that share ANOMALY_ASSETS_STORAGE_PATH.
     executor: str = "multiprocess"
@@ -85,6 +88,7 @@ class Settings:
                 env.get("ANOMALY_ASSETS_DRIFT_SENSOR_INTERVAL_SECONDS", defaults.drift_sensor_interval_seconds)
             ),
             devices_per_chunk=int(env.get("ANOMALY_ASSETS_DEVICES_PER_CHUNK", defaults.devices_per_chunk)),
+            mlflow_timeout_seconds=int(env.get("ANOMALY_ASSETS_MLFLOW_TIMEOUT_SECONDS", defaults.mlflow_timeout_seconds)),
             executor=env.get("ANOMALY_ASSETS_EXECUTOR", defaults.executor),
             source=env.get("ANOMALY_ASSETS_SOURCE", defaults.source) or defaults.source,
             source_table=env.get("ANOMALY_ASSETS_SOURCE_TABLE", ""),

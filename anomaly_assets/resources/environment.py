@@ -27,7 +27,9 @@ def build_resources(settings: Settings) -> dict[str, object]:
             "telemetry_source": telemetry_source,
             "inventory_source": inventory_source,
             "results_store": ResultsStore(url=dg.EnvVar("ANOMALY_ASSETS_RESULTS_URL")),
-            "model_registry": MlflowModelRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
+            "model_registry": MlflowModelRegistry(
+                tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"), request_timeout_seconds=settings.mlflow_timeout_seconds
+            ),
             "io_manager": PartitionedParquetIOManager(
                 base_path=dg.EnvVar("ANOMALY_ASSETS_STORAGE_PATH"), devices_per_chunk=settings.devices_per_chunk
             ),
@@ -40,7 +42,9 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "inventory_source": inventory_source,
         "results_store": ResultsStore(url=settings.results_url),
         "model_registry": MlflowModelRegistry(
-            tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifact_location
+            tracking_uri=settings.mlflow_tracking_uri,
+            artifact_location=settings.mlflow_artifact_location,
+            request_timeout_seconds=settings.mlflow_timeout_seconds,
         ),
         "io_manager": PartitionedParquetIOManager(
             base_path=str(settings.parquet_dir), devices_per_chunk=settings.devices_per_chunk
