@@ -10,6 +10,7 @@ from anomaly_assets.core.alerts import ChannelConfigError
 from anomaly_assets.core.incidents import IncidentRules, detect_incidents
 from anomaly_assets.defs.jobs import scoring_job
 from anomaly_assets.defs.partitions import daily_partitions, days_in, markdown_preview, partition_window
+from anomaly_assets.explorer import links
 from anomaly_assets.resources import ResultsStore
 from anomaly_assets.resources import incident_store
 from anomaly_assets.resources.alert_router import AlertRouter
@@ -65,6 +66,7 @@ def device_incidents(
     first_partition = daily_partitions.get_first_partition_key()
     partition_days = scored_anomalies["partition_date"] if len(scored_anomalies) else pd.Series(dtype="object")
     metadata_by_day = {}
+    explorer = links.explorer_url()
     for day in days:  # in order: each day continues from the state the previous day left
         previous = incident_store.previous_day(day)
         processed, states = incident_store.load_state(results_store, previous)
@@ -90,6 +92,7 @@ def device_incidents(
             "previous_day_state": "loaded" if processed else "missing (started fresh)",
             "stale_incidents_deleted": written["stale_deleted"],
             "rules": dg.MetadataValue.json(dataclasses.asdict(rules)),
+            **({"explorer": dg.MetadataValue.url(links.incidents_page(explorer, day))} if explorer else {}),
             "preview": markdown_preview(
                 incidents.sort_values("max_severity", ascending=False)[INCIDENT_PREVIEW] if len(incidents) else incidents, rows=10
             ),
@@ -114,6 +117,7 @@ def device_incidents(
         dg.AssetCheckSpec(
             "no_failed_deliveries",
             asset="alert_deliveries",
+            partitions_def=daily_partitions,  # a check's result names its partition in the UI
             description="Every incident reached every channel that should receive it (failed ones are retried next run).",
         )
     ],

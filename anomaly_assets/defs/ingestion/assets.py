@@ -123,6 +123,7 @@ class ValidationConfig(dg.Config):
             dg.AssetCheckSpec(
                 name,
                 asset=ASSET,
+                partitions_def=daily_partitions,  # a check's result names its partition in the UI
                 blocking=family == "schema",
                 description=f"Contract rules '{family}': {FAMILY_DESCRIPTIONS[family]}. "
                 + (
@@ -136,10 +137,13 @@ class ValidationConfig(dg.Config):
         dg.AssetCheckSpec(
             "bad_row_share_within_limit",
             asset=ASSET,
+            partitions_def=daily_partitions,
             blocking=True,
             description="Quarantined rows stay below the contract's share; above it, features are not built.",
         ),
-        dg.AssetCheckSpec("rows_accounted_for", asset=ASSET, description="raw rows = valid rows + quarantined rows"),
+        dg.AssetCheckSpec(
+            "rows_accounted_for", asset=ASSET, partitions_def=daily_partitions, description="raw rows = valid rows + quarantined rows"
+        ),
     ],
     description="Rows that pass the telemetry contract (anomaly_assets/contracts/telemetry_contract.yaml), checked "
     "with Great Expectations; failing rows go to the results table quarantined_telemetry with rule and reason.",
