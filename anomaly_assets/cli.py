@@ -48,12 +48,9 @@ def _registry():
         logging.getLogger(noisy).setLevel(logging.ERROR)
     settings = Settings.from_env()
     if settings.environment == "production":
-        registry = MlflowModelRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"))
-    else:
-        registry = MlflowModelRegistry(
-            tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifact_location
-        )
-    return registry.process_config_and_initialize()  # resolves EnvVar settings in production
+        # Resolves the EnvVar (it builds an ephemeral Dagster instance: ~1 s, only needed here).
+        return MlflowModelRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")).process_config_and_initialize()
+    return MlflowModelRegistry(tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifact_location)
 
 
 def _print(args: argparse.Namespace, payload, text: str) -> None:

@@ -21,8 +21,10 @@ import numpy as np
 import pandas as pd
 
 from anomaly_assets.core.scoring import top_devices
+from anomaly_assets.explorer import links
 from anomaly_assets.settings import Settings, export_to_environment, prepare_embedded_home
 
+EXPLORER = "http://127.0.0.1:8050"  # where `anomaly-assets explore` serves by default
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 CHANNELS_ENV = "ANOMALY_ASSETS_ALERT_CHANNELS"
 
@@ -235,9 +237,8 @@ def _with_injected_faults(top: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame
     injected = rows.loc[rows["is_injected_anomaly"]].groupby("device_id")["anomaly_type"].agg(lambda t: ", ".join(sorted(set(t))))
     out = top.copy()
     out["injected_fault"] = out["device_id"].map(injected).fillna("none")
-    out["top_features"] = out["top_features"].map(
-        lambda text: "; ".join(describe_feature(code.strip()) for code in str(text).split(",") if code.strip())
-    )
+    # The main contributing feature in words (the Dagster metadata and the explorer show all three).
+    out["top_feature"] = out["top_features"].map(lambda text: describe_feature(str(text).split(",")[0].strip()))
     return out
 
 
@@ -254,8 +255,9 @@ def _regression_incident(source, store) -> dict | None:
     cohort = "|".join(generator.regressed_cohort(config))
     found = store.read_frame(
         "SELECT incident_id, cohort, started_at, ended_at, devices, cohort_devices, peak_share, severity_level, "
-        "top_features FROM incidents WHERE kind = 'cohort' AND cohort = :cohort ORDER BY started_at",
-        {"cohort": cohort},
+        "top_features FROM incidents WHERE kind = 'cohort' AND cohort = :cohort AND last_partition >= :day "
+        "ORDER BY started_at",
+        {"cohort": cohort, "day": day.isoformat()},
     )
     return {"day": day.isoformat(), "cohort": cohort, "incidents": found.to_dict("records")}
 
@@ -313,7 +315,7 @@ def format_demo_report(report: DemoReport) -> str:
     lines += [f"    {name:<22} {_number(value):>12}" for name, value in quality.items()]
     lines.append(f"\nTop anomalous devices on {report.scored_days[0]}..{report.scored_days[-1]}:")
     if len(report.top_devices):
-        table = report.top_devices[["device_id", "cohort", "anomalies", "max_severity", "injected_fault", "top_features"]]
+        table = report.top_devices[["device_id", "cohort", "anomalies", "max_severity", "injected_fault", "top_feature"]]
         lines.append(tabulate(table, headers="keys", showindex=False, floatfmt=".1f", intfmt=","))
     else:
         lines.append("  (none flagged)")
@@ -330,6 +332,9 @@ def format_demo_report(report: DemoReport) -> str:
                 f"flagged (peak share {float(incident['peak_share'] or 0):.0%}), {incident['severity_level']}, "
                 f"from {str(incident['started_at'])[:16]} to {str(incident['ended_at'] or 'still open')[:16]}"
             )
+        if regression["incidents"]:
+            widest = max(regression["incidents"], key=lambda i: i["devices"])
+            lines.append(f"  its devices, in the explorer: {links.incident_page(EXPLORER, widest['incident_id'])}")
     alerts = report.alerts
     received = "" if alerts["received_by_sink"] is None else f", {alerts['received_by_sink']} messages received"
     lines.append(
@@ -340,7 +345,7 @@ def format_demo_report(report: DemoReport) -> str:
     cmd = commands(settings)
     lines += [
         "\nLook at it:",
-        "  anomaly explorer (incidents, devices, days)   make explore   -> http://127.0.0.1:8050",
+        f"  anomaly explorer (incidents, devices, days)   make explore   -> {EXPLORER}",
         f"     (or: {cmd['explorer']})",
         "  Dagster UI                                    make dev       -> http://127.0.0.1:3000",
         f"     (or: {cmd['dagster']})",

@@ -24,7 +24,7 @@ from anomaly_assets.explorer.device_rows import DeviceRows
 from anomaly_assets.explorer.queries import PAGE_ROWS, SEVERITY_LEVELS, ExplorerQueries, IncidentFilter, day_window
 
 COOKIE = "anomaly_explorer"
-MAX_DEVICE_DAYS = 14
+MAX_DEVICE_DAYS = 3  # a device page reads two partition files a day: ~0.15 s each at 10,000 devices
 OPEN_PATHS = ("/login", "/healthz")
 
 

@@ -11,6 +11,7 @@ by device, so a filter on ``device_id`` reads one row group per file. Nothing is
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pyarrow.dataset as ds
@@ -47,32 +48,36 @@ class DeviceRows:
     def read(self, device_id: str, first_day: str, last_day: str) -> tuple[pd.DataFrame, list[str], list[str]]:
         """The device's rows over [first_day, last_day]: timestamp, its metrics, score, severity,
         is_anomaly (and fault labels when the source has them); the metric names; the days
-        whose files were missing."""
-        frames, metrics, missing = [], None, []
-        day = dt.date.fromisoformat(first_day)
+        whose files were missing. The files are read in parallel (pyarrow releases the GIL)."""
+        days, day = [], dt.date.fromisoformat(first_day)
         while day <= dt.date.fromisoformat(last_day):
-            key = day.isoformat()
-            features_path = self._file("device_features", key)
-            if features_path.exists():
-                with features_path.open("rb") as handle:
-                    names = pq.ParquetFile(handle).schema_arrow.names
-                day_metrics = metric_columns(names)
-                metrics = metrics or day_metrics
-                features = self._read("device_features", key, device_id, ["device_id", "timestamp", *day_metrics, *LABEL_COLUMNS])
-            else:
-                features = None
-            scores = self._read("scored_anomalies", key, device_id, SCORE_COLUMNS)
-            if features is None and scores is None:
-                missing.append(key)
-            elif features is None:
-                frames.append(scores)
-            elif scores is None:
-                frames.append(features)
-            else:
-                frames.append(features.merge(scores, on=["device_id", "timestamp"], how="left"))
+            days.append(day.isoformat())
             day += dt.timedelta(days=1)
+        with ThreadPoolExecutor(max_workers=min(8, 2 * len(days))) as pool:
+            names = dict(zip(days, pool.map(self._metric_names, days), strict=True))
+            features = pool.map(
+                lambda d: self._read("device_features", d, device_id, ["device_id", "timestamp", *names[d], *LABEL_COLUMNS]), days
+            )
+            scores = pool.map(lambda d: self._read("scored_anomalies", d, device_id, SCORE_COLUMNS), days)
+            pairs = list(zip(days, features, scores, strict=True))
+        frames, missing = [], []
+        for key, day_features, day_scores in pairs:
+            if day_features is None and day_scores is None:
+                missing.append(key)
+            elif day_features is None or day_scores is None:
+                frames.append(day_scores if day_features is None else day_features)
+            else:
+                frames.append(day_features.merge(day_scores, on=["device_id", "timestamp"], how="left"))
+        metrics = next((m for m in names.values() if m), [])
         if not frames:
-            return pd.DataFrame(columns=["timestamp"]), metrics or [], missing
+            return pd.DataFrame(columns=["timestamp"]), metrics, missing
         rows = pd.concat(frames, ignore_index=True).sort_values("timestamp", ignore_index=True)
         rows["timestamp"] = pd.to_datetime(rows["timestamp"], utc=True)
-        return rows, metrics or [], missing
+        return rows, metrics, missing
+
+    def _metric_names(self, day: str) -> list[str]:
+        path = self._file("device_features", day)
+        if not path.exists():
+            return []
+        with path.open("rb") as handle:
+            return metric_columns(pq.ParquetFile(handle).schema_arrow.names)
