@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export ANOMALY_ASSETS_HOME ?= $(CURDIR)/.anomaly_home
 export DAGSTER_HOME ?= $(ANOMALY_ASSETS_HOME)/dagster
 
-.PHONY: install demo test dev mlflow clean bench
+.PHONY: install demo test dev mlflow clean bench explore
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,6 @@ clean:
 
 bench: install
 	$(BIN)/anomaly-assets bench
+
+explore: install
+	$(BIN)/anomaly-assets explore

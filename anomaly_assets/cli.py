@@ -13,7 +13,7 @@ from anomaly_assets.settings import Settings
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from anomaly_assets.demo import run_demo
+    from anomaly_assets.demo import demo_payload, format_demo_report, run_demo
 
     base = Settings.from_env()
     settings = Settings(
@@ -25,69 +25,32 @@ def _demo(args: argparse.Namespace) -> int:
         fleet_shift_offset_days=args.fleet_shift_day,
         devices_per_chunk=base.devices_per_chunk,
     )
-    quiet = args.json
     for noisy in ("mlflow", "alembic", "dagster"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    if quiet:
-        report = run_demo(settings, args.days, progress=lambda _m: None)
-    else:
-        from tqdm import tqdm
-
-        with tqdm(total=3, unit="step", bar_format="{l_bar}{bar}| {n}/{total} [{elapsed}]", file=sys.stderr) as bar:
-
-            def progress(message: str) -> None:  # "[i/n] what ...": steps before i are done
-                bar.update(int(message[1 : message.index("/")]) - 1 - bar.n)
-                bar.set_description(message.split("] ", 1)[-1][:60])
-
-            report = run_demo(settings, args.days, progress=progress)
-            bar.update(bar.total - bar.n)
+    # One line per step, whole, on stderr; the one duration is the total at the end.
+    progress = (lambda _m: None) if args.json else lambda m: print(m, file=sys.stderr, flush=True)
+    report = run_demo(settings, args.days, progress=progress)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "home": str(settings.home),
-                    "rows_per_asset": report.rows_per_asset,
-                    "validation_metrics": report.validation_metrics,
-                    "model_version": report.model_version,
-                    "champion_version": report.champion_version,
-                    "scored_days": report.scored_days,
-                    "top_devices": report.top_devices.to_dict("records"),
-                    "seconds": round(report.seconds, 1),
-                },
-                indent=2,
-                default=str,
-            )
-        )
+        print(json.dumps(demo_payload(report), indent=2, default=str))
         return 0
-    home = settings.home
-    print(f"\nDone in {report.seconds:.0f}s. State lives in {home}\n")
-    print("Rows per asset (all partitions of this demo):")
-    for name, count in report.rows_per_asset.items():
-        print(f"  {name:<22} {count:>10,}")
-    print(f"\nDetector version {report.model_version} (champion: version {report.champion_version}), validation slice:")
-    for name, value in report.validation_metrics.items():
-        print(f"  {name:<22} {value}")
-    print(f"\nTop anomalous devices on {report.scored_days[0]}..{report.scored_days[-1]}:")
-    print(report.top_devices.to_string(index=False) if len(report.top_devices) else "  (none flagged)")
-    env = (
-        f"ANOMALY_ASSETS_HOME={home} ANOMALY_ASSETS_FLEET_DEVICES={settings.fleet_devices} "
-        f"ANOMALY_ASSETS_FLEET_SEED={settings.fleet_seed} ANOMALY_ASSETS_TRAINING_DAYS={settings.training_days}"
-        + (f" ANOMALY_ASSETS_FLEET_SHIFT_OFFSET_DAYS={settings.fleet_shift_offset_days}" if settings.fleet_shift_offset_days is not None else "")
-    )
-    print("\nOpen the Dagster UI on these stores:   make dev")
-    print(f"   (or: {env} DAGSTER_HOME={settings.dagster_home} .venv/bin/dagster dev -w workspace.yaml)")
-    print("Open the MLflow UI:                    make mlflow")
-    print(f"   (or: .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri} --port 5000)")
+    print(format_demo_report(report))
     return 0
 
 
 def _registry():
-    from anomaly_assets.resources import build_resources
+    """The registry build_resources picks for this environment, built without importing every
+    source driver and scikit-learn: `model` commands load nothing but the MLflow client."""
+    import dagster as dg
+
+    from anomaly_assets.resources.model_registry import MlflowModelRegistry
 
     for noisy in ("mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    registry = build_resources(Settings.from_env())["model_registry"]
-    return registry.process_config_and_initialize()  # resolves EnvVar settings in production
+    settings = Settings.from_env()
+    if settings.environment == "production":
+        # Resolves the EnvVar (it builds an ephemeral Dagster instance: ~1 s, only needed here).
+        return MlflowModelRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")).process_config_and_initialize()
+    return MlflowModelRegistry(tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifact_location)
 
 
 def _print(args: argparse.Namespace, payload, text: str) -> None:
@@ -105,15 +68,30 @@ def _model_list(args: argparse.Namespace) -> int:
             f"  version {v['version']:>3}  {','.join(v['aliases']) or '-':<20} window {v['training_window'] or '-'}{auc}"
             + (f"  gate={v['gate']}" if v["gate"] else "")
         )
+        if v["gate"]:
+            against = f" against version {v['gate_compared_with']}" if v["gate_compared_with"] else ""
+            for reason in filter(None, (r.strip() for r in v["gate_reasons"].split(";"))):
+                lines.append(f"               gate{against}: {reason}")
     if not versions:
         lines.append("  (no versions: materialize anomaly_detector first)")
+    if history:
+        lines.append("champion history (newest last):")
+        for entry in history[-5:]:
+            lines.append(
+                f"  {entry['at']}  {entry['action']:<8} version {entry['previous'] or '-'} -> {entry['version']}"
+                f"  by {entry['actor']}: {entry['reason']}"
+            )
     _print(args, {"model": registry.model_name, "versions": versions, "champion_history": history}, "\n".join(lines))
     return 0
 
 
 def _model_promote(args: argparse.Namespace) -> int:
-    entry = _registry().set_champion(str(args.version), reason=args.reason, actor="cli")
-    _print(args, entry, f"champion: version {entry['previous'] or '-'} -> {entry['version']}")
+    version = str(args.version)
+    entry = _registry().promote(version, reason=args.reason, actor="cli", force=args.force)
+    if entry is None:
+        _print(args, {"version": version, "changed": False}, f"version {version} is champion already: nothing changed")
+        return 0
+    _print(args, {**entry, "changed": True}, f"champion: version {entry['previous'] or '-'} -> {entry['version']}")
     return 0
 
 
@@ -121,6 +99,12 @@ def _model_rollback(args: argparse.Namespace) -> int:
     entry = _registry().rollback(reason=args.reason, actor="cli")
     _print(args, entry, f"champion rolled back: version {entry['previous']} -> {entry['version']}")
     return 0
+
+
+def _explore(args: argparse.Namespace) -> int:
+    from anomaly_assets.explorer.serve import serve
+
+    return serve(host=args.host, port=args.port, threads=args.threads)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -243,18 +227,36 @@ def build_parser() -> argparse.ArgumentParser:
         description="Manage the registered detector: the 'champion' alias is what scoring uses.",
     )
     actions = model.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="versions with aliases, training window, metrics and gate decision")
+    listing = actions.add_parser("list", help="versions with aliases, training window, metrics, gate decision and reasons")
     listing.add_argument("--json", action="store_true", help="print as JSON")
     listing.set_defaults(handler=_model_list)
-    promote = actions.add_parser("promote", help="point 'champion' at a version")
+    promote = actions.add_parser(
+        "promote",
+        help="point 'champion' at a version",
+        description="Point 'champion' at a version. A version the promotion gate refused needs --force; "
+        "promoting the current champion changes nothing.",
+    )
     promote.add_argument("--version", required=True, type=int, help="the model version to make champion")
     promote.add_argument("--reason", default="manual promotion", help="recorded in the champion history")
+    promote.add_argument("--force", action="store_true", help="promote a version the promotion gate refused")
     promote.add_argument("--json", action="store_true", help="print as JSON")
     promote.set_defaults(handler=_model_promote)
     rollback = actions.add_parser("rollback", help="move 'champion' back to the previous champion")
     rollback.add_argument("--reason", default="manual rollback", help="recorded in the champion history")
     rollback.add_argument("--json", action="store_true", help="print as JSON")
     rollback.set_defaults(handler=_model_rollback)
+
+    explore = commands.add_parser(
+        "explore",
+        help="serve the anomaly explorer: incidents, devices, days and the quarantine in a browser",
+        description="A read-only web app over the results database (and the partition files for a device's "
+        "metrics) of this environment (ANOMALY_ASSETS_HOME, or ANOMALY_ASSETS_ENV=production). "
+        "Set ANOMALY_ASSETS_EXPLORER_TOKEN to require a bearer token.",
+    )
+    explore.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    explore.add_argument("--port", type=int, default=8050, help="port (default 8050)")
+    explore.add_argument("--threads", type=int, default=4, help="worker threads (default 4)")
+    explore.set_defaults(handler=_explore)
     return parser
 
 

@@ -122,7 +122,9 @@ def test_gate_promotes_a_challenger_that_passes(home, defs, registry):
 
 def test_manual_promote_and_rollback_from_the_cli(home, registry, capsys, restore_environ):
     os.environ["ANOMALY_ASSETS_HOME"] = str(home)
-    assert main(["model", "promote", "--version", "2", "--json"]) == 0
+    assert main(["model", "promote", "--version", "2"]) == 2  # the gate refused version 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["model", "promote", "--version", "2", "--force", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["version"] == "2"
     assert registry.alias_version("champion") == "2"
     assert main(["model", "rollback", "--json"]) == 0

@@ -241,11 +241,14 @@ def incident_summary(incident: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def webhook_payload(incident: Mapping[str, Any], link: str) -> dict[str, Any]:
-    return {"type": "incident", "title": title(incident), "incident": incident_summary(incident), "dagster_url": link}
+def webhook_payload(incident: Mapping[str, Any], link: str, explorer_link: str | None = None) -> dict[str, Any]:
+    payload = {"type": "incident", "title": title(incident), "incident": incident_summary(incident), "dagster_url": link}
+    if explorer_link:
+        payload["explorer_url"] = explorer_link
+    return payload
 
 
-def slack_payload(incident: Mapping[str, Any], link: str) -> dict[str, Any]:
+def slack_payload(incident: Mapping[str, Any], link: str, explorer_link: str | None = None) -> dict[str, Any]:
     """A Slack incoming-webhook message in Block Kit, with ``text`` as the notification fallback."""
     summary = incident_summary(incident)
     level = summary["severity_level"]
@@ -271,7 +274,12 @@ def slack_payload(incident: Mapping[str, Any], link: str) -> dict[str, Any]:
     blocks += [
         {
             "type": "actions",
-            "elements": [{"type": "button", "text": {"type": "plain_text", "text": "Open in Dagster"}, "url": link}],
+            "elements": (
+                [{"type": "button", "text": {"type": "plain_text", "text": "Open in the explorer"}, "url": explorer_link}]
+                if explorer_link
+                else []
+            )
+            + [{"type": "button", "text": {"type": "plain_text", "text": "Open in Dagster"}, "url": link}],
         },
         {
             "type": "context",
@@ -286,10 +294,12 @@ def slack_payload(incident: Mapping[str, Any], link: str) -> dict[str, Any]:
     return {"text": title(incident), "blocks": blocks}
 
 
-def email_message(incident: Mapping[str, Any], link: str, channel: ChannelConfig) -> EmailMessage:
+def email_message(
+    incident: Mapping[str, Any], link: str, channel: ChannelConfig, explorer_link: str | None = None
+) -> EmailMessage:
     summary = incident_summary(incident)
     lines = [title(incident), ""] + [f"{key}: {'-' if value is None else value}" for key, value in summary.items()]
-    lines += ["", f"Dagster: {link}"]
+    lines += [""] + ([f"Explorer: {explorer_link}"] if explorer_link else []) + [f"Dagster: {link}"]
     return _email(f"[anomaly_assets] {title(incident)}", "\n".join(lines), channel)
 
 

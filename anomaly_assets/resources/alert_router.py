@@ -29,6 +29,7 @@ from anomaly_assets.core import alerts
 from anomaly_assets.core.alerts import ChannelConfig
 from anomaly_assets.core.incidents import severity_rank
 from anomaly_assets.redaction import redact, redact_webhook, url_secrets
+from anomaly_assets.explorer import links
 from anomaly_assets.resources.incident_store import DeliveryLog
 
 CHANNELS_ENV = "ANOMALY_ASSETS_ALERT_CHANNELS"
@@ -73,18 +74,28 @@ class AlertRouter(dg.ConfigurableResource):
 
     channels: str = ""
     dagster_ui_url: str = DEFAULT_UI_URL
+    # The anomaly explorer (ANOMALY_ASSETS_EXPLORER_URL): messages link each incident's page there.
+    explorer_url: str = ""
     stale_claim_minutes: float = 15.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AlertRouter:
         env = os.environ if environ is None else environ
-        return cls(channels=env.get(CHANNELS_ENV, ""), dagster_ui_url=env.get(UI_URL_ENV, DEFAULT_UI_URL))
+        return cls(
+            channels=env.get(CHANNELS_ENV, ""),
+            dagster_ui_url=env.get(UI_URL_ENV, DEFAULT_UI_URL),
+            explorer_url=links.explorer_url(env) or "",
+        )
 
     def channel_configs(self) -> list[ChannelConfig]:
         return alerts.load_channels(self.channels)
 
     def asset_url(self, asset: str = "device_incidents") -> str:
         return f"{self.dagster_ui_url.rstrip('/')}/assets/{asset}"
+
+    def incident_url(self, incident: Mapping[str, Any]) -> str | None:
+        """The incident's page in the anomaly explorer, when its address is configured."""
+        return links.incident_page(self.explorer_url.rstrip("/"), incident["incident_id"]) if self.explorer_url else None
 
     # ---------------------------------------------------------------------------------------
     # sending one message, with retries
@@ -135,11 +146,14 @@ class AlertRouter(dg.ConfigurableResource):
             client.send_message(message)
 
     def send_incident(self, channel: ChannelConfig, incident: Mapping[str, Any], sleep: Callable[[float], None] = time.sleep) -> int:
-        link = self.asset_url()
+        link, explorer = self.asset_url(), self.incident_url(incident)
         if channel.type == "email":
-            message = alerts.email_message(incident, link, channel)
+            message = alerts.email_message(incident, link, channel, explorer)
             return self._with_retries(channel, lambda: self._mail(channel, message), sleep)
-        payload = alerts.slack_payload(incident, link) if channel.type == "slack" else alerts.webhook_payload(incident, link)
+        if channel.type == "slack":
+            payload = alerts.slack_payload(incident, link, explorer)
+        else:
+            payload = alerts.webhook_payload(incident, link, explorer)
         return self._with_retries(channel, lambda: self._post(channel, payload), sleep)
 
     def send_digest(self, channel: ChannelConfig, incidents: Sequence[Mapping[str, Any]], sleep: Callable[[float], None] = time.sleep) -> int:

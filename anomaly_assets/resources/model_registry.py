@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import joblib
@@ -22,8 +22,10 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from pydantic import PrivateAttr
 
-from anomaly_assets.core.detector import FleetAnomalyModel
 from anomaly_assets.redaction import redact, url_secrets
+
+if TYPE_CHECKING:  # scikit-learn loads with the model, not with the registry (`model list` stays quick)
+    from anomaly_assets.core.detector import FleetAnomalyModel
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -34,6 +36,10 @@ PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 
 CHAMPION_HISTORY_TAG = "champion_history"  # MLflow keeps no alias history; the project does
 HISTORY_LIMIT = 40
+# The same history for people: one registered-model tag per change, a line each on the MLflow page.
+CHAMPION_CHANGE_TAG = "champion_change_"
+# MLflow 3 opens an experiment without this tag in its GenAI ("Traces") view; ours are classic runs.
+EXPERIMENT_KIND_TAG, CLASSIC_RUNS = "mlflow.experimentKind", "custom_model_development"
 
 
 class NoChampionError(LookupError):
@@ -42,6 +48,10 @@ class NoChampionError(LookupError):
 
 class RegistryError(RuntimeError):
     """MLflow could not be reached or failed; the message names the tracking URI."""
+
+
+class PromotionRefused(ValueError):
+    """A manual promotion the gate refused, asked for without ``force``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +95,11 @@ class MlflowModelRegistry(dg.ConfigurableResource):
     def _experiment_id(self, client: mlflow.MlflowClient) -> str:
         experiment = client.get_experiment_by_name(self.experiment_name)
         if experiment is not None:
+            _mark_classic(client, experiment)
             return experiment.experiment_id
-        return client.create_experiment(self.experiment_name, artifact_location=self.artifact_location)
+        return client.create_experiment(
+            self.experiment_name, artifact_location=self.artifact_location, tags={EXPERIMENT_KIND_TAG: CLASSIC_RUNS}
+        )
 
     def register(
         self,
@@ -157,11 +170,15 @@ class MlflowModelRegistry(dg.ConfigurableResource):
         name = f"{self.experiment_name}_scoring"
         try:
             experiment = client.get_experiment_by_name(name)
+            if experiment is not None:
+                _mark_classic(client, experiment)
             experiment_id = (
                 experiment.experiment_id
                 if experiment
                 else client.create_experiment(
-                    name, artifact_location=f"{self.artifact_location}/scoring" if self.artifact_location else None
+                    name,
+                    artifact_location=f"{self.artifact_location}/scoring" if self.artifact_location else None,
+                    tags={EXPERIMENT_KIND_TAG: CLASSIC_RUNS},
                 )
             )
         except Exception as error:
@@ -212,9 +229,47 @@ class MlflowModelRegistry(dg.ConfigurableResource):
         }
         history = (history + [entry])[-HISTORY_LIMIT:]
         client.set_registered_model_tag(self.model_name, CHAMPION_HISTORY_TAG, json.dumps(history))
+        self._tag_change(client, entry)
         client.set_registered_model_alias(self.model_name, CHAMPION, str(version))
         client.set_model_version_tag(self.model_name, str(version), "champion_since", entry["at"])
+        if entry["previous"] and entry["previous"] != entry["version"]:
+            # The demoted version is champion no more: its champion_since would mislead.
+            try:
+                client.delete_model_version_tag(self.model_name, entry["previous"], "champion_since")
+            except MlflowException:
+                pass  # the previous version was deleted, or never carried the tag
         return entry
+
+    def _tag_change(self, client: mlflow.MlflowClient, entry: dict[str, str]) -> None:
+        tags = client.get_registered_model(self.model_name).tags
+        number = 1 + sum(1 for key in tags if key.startswith(CHAMPION_CHANGE_TAG))
+        line = (
+            f"{entry['at']} {entry['action']} version {entry['previous'] or '-'} -> {entry['version']} "
+            f"by {entry['actor']}: {entry['reason']}"
+        )
+        client.set_registered_model_tag(self.model_name, f"{CHAMPION_CHANGE_TAG}{number:04d}", line[:5000])
+
+    def promote(self, version: str, reason: str, actor: str, force: bool = False) -> dict[str, str] | None:
+        """A manual promotion: ``None`` when ``version`` is champion already (nothing changes);
+        a version the gate refused needs ``force``, and the refusal says why."""
+        version = str(version)
+        if self.alias_version(CHAMPION) == version:
+            return None
+        client = self.client()
+        try:
+            tags = client.get_model_version(self.model_name, version).tags
+        except MlflowException as error:
+            raise LookupError(f"{self.model_name} has no version {version} at {self.tracking_uri}") from error
+        if tags.get("promotion_decision") == "refused" and not force:
+            raise PromotionRefused(
+                f"the promotion gate refused version {version} (compared with version "
+                f"{tags.get('promotion_compared_with', '?')} on {tags.get('promotion_partition', '?')}): "
+                f"{tags.get('promotion_reasons') or 'no reasons recorded'}; promote it anyway with --force "
+                "(run config force: true)"
+            )
+        if tags.get("promotion_decision") == "refused":
+            reason = f"{reason} (forced past the gate's refusal)"
+        return self.set_champion(version, reason=reason, actor=actor)
 
     def rollback(self, reason: str, actor: str) -> dict[str, str]:
         """Move ``champion`` back to the version it pointed at before the current one."""
@@ -249,6 +304,9 @@ class MlflowModelRegistry(dg.ConfigurableResource):
                     "auc_pr": metrics.get("auc_pr"),
                     "auc_roc": metrics.get("auc_roc"),
                     "gate": v.tags.get("promotion_decision", ""),
+                    "gate_reasons": v.tags.get("promotion_reasons", ""),
+                    "gate_compared_with": v.tags.get("promotion_compared_with", ""),
+                    "champion_since": v.tags.get("champion_since", ""),
                     "run_id": v.run_id,
                 }
             )
@@ -300,3 +358,8 @@ class MlflowModelRegistry(dg.ConfigurableResource):
                 "materialize anomaly_detector first (the first trained version becomes champion)"
             )
         return version, self.load_version(version)
+
+
+def _mark_classic(client: mlflow.MlflowClient, experiment) -> None:
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != CLASSIC_RUNS:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_RUNS)

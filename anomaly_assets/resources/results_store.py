@@ -49,6 +49,7 @@ device_daily_summary = sa.Table(
     sa.Column("model_name", sa.String(256), nullable=False),
     sa.Column("model_version", sa.String(32), nullable=False),
     sa.UniqueConstraint("partition_date", "device_id", name="uq_device_daily_summary"),
+    sa.Index("ix_device_daily_summary_device", "device_id", "partition_date"),
 )
 
 quarantined_telemetry = sa.Table(
@@ -61,6 +62,7 @@ quarantined_telemetry = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("row_json", sa.Text, nullable=False),
     sa.Index("ix_quarantined_partition", "partition_date"),
+    sa.Index("ix_quarantined_partition_rule", "partition_date", "rule"),
 )
 
 
@@ -110,6 +112,8 @@ incidents = sa.Table(
     sa.Column("model_version", sa.String(32)),
     sa.Index("ix_incidents_last_partition", "last_partition"),
     sa.Index("ix_incidents_device", "device_id", "started_at"),
+    sa.Index("ix_incidents_cohort", "cohort", "started_at"),
+    sa.Index("ix_incidents_cohort_incident", "cohort_incident_id"),
 )
 
 # Hysteresis state at the end of each processed day, read by the next day (incidents span midnight).

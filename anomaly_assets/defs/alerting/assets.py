@@ -9,6 +9,7 @@ from anomaly_assets.core.alerts import ChannelConfigError
 from anomaly_assets.core.incident_days import IncidentDays
 from anomaly_assets.core.incidents import IncidentRules
 from anomaly_assets.defs.partitions import daily_partitions, days_in, markdown_preview, partition_window
+from anomaly_assets.explorer import links
 from anomaly_assets.resources import ResultsStore
 from anomaly_assets.resources import incident_store
 from anomaly_assets.resources.alert_router import AlertRouter
@@ -87,6 +88,7 @@ def device_incidents(
     for chunk in scored_anomalies:
         tracker.add(chunk)
     metadata_by_day = {}
+    explorer = links.explorer_url()
     for position, (day, result) in enumerate(tracker.results().items()):
         written = incident_store.write_day(results_store, day, result, context.run.run_id)
         incidents = result.incidents
@@ -102,6 +104,7 @@ def device_incidents(
             "previous_day_state": "loaded" if processed or position else "missing (started fresh)",
             "stale_incidents_deleted": written["stale_deleted"],
             "rules": dg.MetadataValue.json(dataclasses.asdict(rules)),
+            **({"explorer": dg.MetadataValue.url(links.incidents_page(explorer, day))} if explorer else {}),
             "preview": markdown_preview(
                 incidents.sort_values("max_severity", ascending=False)[INCIDENT_PREVIEW] if len(incidents) else incidents, rows=10
             ),
@@ -127,6 +130,7 @@ def device_incidents(
         dg.AssetCheckSpec(
             "no_failed_deliveries",
             asset="alert_deliveries",
+            partitions_def=daily_partitions,  # a check's result names its partition in the UI
             description="Every incident reached every channel that should receive it (failed ones are retried next run).",
         )
     ],

@@ -124,6 +124,7 @@ class ValidationConfig(dg.Config):
             dg.AssetCheckSpec(
                 name,
                 asset=ASSET,
+                partitions_def=daily_partitions,  # a check's result names its partition in the UI
                 blocking=family == "schema",
                 description=f"Contract rules '{family}': {FAMILY_DESCRIPTIONS[family]}. "
                 + (
@@ -137,12 +138,14 @@ class ValidationConfig(dg.Config):
         dg.AssetCheckSpec(
             "bad_row_share_within_limit",
             asset=ASSET,
+            partitions_def=daily_partitions,
             blocking=True,
             description="Quarantined rows stay below the contract's share; above it, features are not built.",
         ),
         dg.AssetCheckSpec(
             "rows_accounted_for",
             asset=ASSET,
+            partitions_def=daily_partitions,
             blocking=True,
             description="Persisted rows add up: raw_telemetry's parquet rows = validated rows written + the "
             "partition's rows in quarantined_telemetry.",

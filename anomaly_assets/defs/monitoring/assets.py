@@ -26,6 +26,7 @@ class DriftConfig(dg.Config):
         dg.AssetCheckSpec(
             "no_feature_drift",
             asset="feature_drift",
+            partitions_def=daily_partitions,  # a check's result names its partition in the UI
             description="No feature's PSI against the champion's training reference reaches the threshold.",
         )
     ],

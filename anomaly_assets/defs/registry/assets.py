@@ -9,7 +9,7 @@ from anomaly_assets.core.promotion import GateConfig, evaluate_gate
 from anomaly_assets.defs.partitions import daily_partitions
 from anomaly_assets.defs.training.assets import anomaly_detector
 from anomaly_assets.resources import MlflowModelRegistry
-from anomaly_assets.resources.model_registry import CHALLENGER, CHAMPION
+from anomaly_assets.resources.model_registry import CHALLENGER, CHAMPION, PromotionRefused
 
 
 class PromotionConfig(dg.Config):
@@ -85,6 +85,7 @@ def model_promotion(
 class PromoteConfig(dg.Config):
     version: str
     reason: str = "manual promotion"
+    force: bool = False  # promote a version the gate refused
 
 
 class RollbackConfig(dg.Config):
@@ -93,17 +94,28 @@ class RollbackConfig(dg.Config):
 
 @dg.op
 def promote_model(context: dg.OpExecutionContext, config: PromoteConfig, model_registry: MlflowModelRegistry) -> None:
-    entry = model_registry.set_champion(config.version, reason=config.reason, actor=f"dagster run {context.run_id}")
+    try:
+        entry = model_registry.promote(
+            config.version, reason=config.reason, actor=f"dagster run {context.run_id}", force=config.force
+        )
+    except (LookupError, PromotionRefused) as error:  # a refused or unknown version: say so, no traceback
+        raise dg.Failure(description=f"version {config.version} was not promoted: {error}") from None
+    if entry is None:
+        context.log.info(f"version {config.version} is champion already: nothing changed")
+        return
     context.log.info(f"champion moved from version {entry['previous'] or '-'} to {entry['version']}")
 
 
 @dg.op
 def rollback_model(context: dg.OpExecutionContext, config: RollbackConfig, model_registry: MlflowModelRegistry) -> None:
-    entry = model_registry.rollback(reason=config.reason, actor=f"dagster run {context.run_id}")
+    try:
+        entry = model_registry.rollback(reason=config.reason, actor=f"dagster run {context.run_id}")
+    except LookupError as error:
+        raise dg.Failure(description=f"nothing to roll back: {error}") from None
     context.log.info(f"champion rolled back from version {entry['previous']} to {entry['version']}")
 
 
-@dg.job(description="Point the 'champion' alias at a version (run config: version, reason).")
+@dg.job(description="Point the 'champion' alias at a version (run config: version, reason, force for a version the gate refused).")
 def promote_model_job():
     promote_model()
 

@@ -7,6 +7,7 @@ import pandas as pd
 
 from anomaly_assets import reports
 
+from anomaly_assets.core.feature_words import with_words
 from anomaly_assets.core.scoring import daily_device_summary, top_devices
 from anomaly_assets.defs.partitions import (
     daily_partitions,
@@ -16,6 +17,7 @@ from anomaly_assets.defs.partitions import (
     partition_window,
 )
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
+from anomaly_assets.explorer import links
 from anomaly_assets.resources.parquet_io import DeviceChunks, PartitionSpool
 from anomaly_assets.resources.results_store import anomaly_events, device_daily_summary
 
@@ -93,7 +95,8 @@ def scored_anomalies(
             reports.close(figures)
         top = _concat(worst[day])
         if len(top):
-            top = top.sort_values("max_severity", ascending=False, kind="stable").head(TOP_DEVICES)
+            top = readable_top_devices(top.sort_values("max_severity", ascending=False, kind="stable").head(TOP_DEVICES), day)
+        explorer = links.explorer_url()
         return {
             "dagster/row_count": rows,
             "mlflow_run": dg.MetadataValue.url(mlflow_run),
@@ -104,9 +107,22 @@ def scored_anomalies(
             "model_version": version,
             "scores_training_days": bool(training_end >= start),
             "top_devices": markdown_preview(top, rows=TOP_DEVICES),
+            **({"explorer": dg.MetadataValue.url(links.day_page(explorer, day))} if explorer else {}),
         }
 
     return dg.Output(spool, metadata=partition_metadata(context, {day: describe(day) for day in days}))
+
+
+def readable_top_devices(top: pd.DataFrame, day: str) -> pd.DataFrame:
+    """Feature codes with their words; with ANOMALY_ASSETS_EXPLORER_URL set, each device links to
+    its page in the anomaly explorer."""
+    out = top.assign(
+        top_features=top["top_features"].map(lambda text: "; ".join(with_words(c.strip()) for c in str(text).split(",") if c.strip()))
+    )
+    explorer = links.explorer_url()
+    if explorer:
+        out["device_id"] = [f"[{d}]({links.device_page(explorer, d, day=day)})" for d in out["device_id"]]
+    return out
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
