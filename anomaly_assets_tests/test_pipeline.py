@@ -10,7 +10,7 @@ import pytest
 
 from anomaly_assets.cli import main
 from anomaly_assets.definitions import build_definitions
-from anomaly_assets.resources.results_store import anomaly_events, device_daily_summary
+from anomaly_assets.resources.results_store import anomaly_events, device_daily_summary, incidents
 from anomaly_assets_tests.conftest import small_settings
 
 
@@ -48,6 +48,8 @@ def test_demo_materializes_every_asset_and_registers_a_champion(demo_home, demo_
         "model_promotion",
         "scored_anomalies",
         "feature_drift",
+        "device_incidents",
+        "alert_deliveries",
     }
     registry = demo_defs.resources["model_registry"]
     assert registry.alias_version("champion") == "1"
@@ -57,6 +59,7 @@ def test_demo_materializes_every_asset_and_registers_a_champion(demo_home, demo_
     assert store.count(device_daily_summary, ["2026-11-08", "2026-11-09"]) == 2 * 30
     for day in ("2026-11-08", "2026-11-09"):
         assert (demo_home / "parquet" / "scored_anomalies" / f"{day}.parquet").exists()
+    assert store.count(incidents) > 0  # the demo groups the scored days into incidents too
 
 
 def test_training_never_sees_scored_days(demo_home):
