@@ -285,7 +285,7 @@ def _requested(result) -> dict:
 # ----------------------------------------------------------------------------- chunks of devices
 
 
-def _fleet_two_days(seed: int = 3) -> pd.DataFrame:
+def _random_fleet_two_days(seed: int = 3) -> pd.DataFrame:
     """42 devices in 3 cohorts over two days: random flags, a cohort burst on the first evening
     that runs past midnight, incidents open at midnight, and devices silent on the second day."""
     import numpy as np
@@ -317,7 +317,7 @@ def test_incidents_in_chunks_of_devices_equal_one_pass_over_each_day(chunks):
 
     from anomaly_assets.core.incident_days import IncidentDays
 
-    rows = _fleet_two_days()
+    rows = _random_fleet_two_days()
     days = ["2026-11-08", "2026-11-09"]
     rules = IncidentRules()
     # dev-999 enters the run with an incident open since the day before and then sends nothing
@@ -363,7 +363,7 @@ def test_device_incidents_in_chunks_of_seven_devices_writes_the_same_tables(tmp_
     tables = {}
     for name, devices_per_chunk in (("chunked", 7), ("whole", 10_000)):
         root = tmp_path / name
-        write_scored_partitions(root / "parquet", _fleet_two_days())
+        write_scored_partitions(root / "parquet", _random_fleet_two_days())
         store = ResultsStore(url=f"sqlite:///{root / 'results.db'}")
         for day in ("2026-11-08", "2026-11-09"):
             result = dg.materialize(
