@@ -5,6 +5,7 @@ import dataclasses
 
 import dagster as dg
 
+from anomaly_assets.version import code_version
 from anomaly_assets.core.alerts import ChannelConfigError
 from anomaly_assets.core.incident_days import IncidentDays
 from anomaly_assets.core.incidents import IncidentRules
@@ -56,7 +57,7 @@ class IncidentConfig(dg.Config):
     group_name="alerting",
     kinds={"pandas", "sql"},
     owners=["team:fleet-analytics"],
-    code_version="1",
+    code_version=code_version(),
     # A day continues from the state the day before left (open incidents, hysteresis, cooldowns):
     # declared, so the UI shows later days stale after an earlier one changes and runs them in order.
     deps=[dg.AssetDep("device_incidents", partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1))],
@@ -122,7 +123,7 @@ def device_incidents(
     group_name="alerting",
     kinds={"sql"},
     owners=["team:fleet-analytics"],
-    code_version="1",
+    code_version=code_version(),
     deps=[device_incidents],
     automation_condition=AFTER_UPSTREAM,
     backfill_policy=dg.BackfillPolicy.single_run(),

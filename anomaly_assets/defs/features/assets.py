@@ -4,6 +4,7 @@
 import dagster as dg
 import pandas as pd
 
+from anomaly_assets.version import code_version
 from anomaly_assets.core.features import FeatureSpec, build_daily_features
 from anomaly_assets.defs.partitions import (
     daily_partitions,
@@ -29,7 +30,7 @@ def feature_spec(telemetry_source: TelemetrySource) -> FeatureSpec:
     group_name="features",
     kinds={"pandas", "parquet"},
     owners=["team:fleet-analytics"],
-    code_version="1",
+    code_version=code_version(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     ins={
         "validated_telemetry": dg.AssetIn(

@@ -12,6 +12,7 @@ import dataclasses
 import dagster as dg
 import pandas as pd
 
+from anomaly_assets.version import code_version
 from anomaly_assets.core.validation import (
     FAMILY_DESCRIPTIONS,
     RuleResult,
@@ -54,7 +55,7 @@ SAMPLE_ROWS = 5
     group_name="ingestion",
     kinds={"pandas", "parquet"},
     owners=OWNERS,
-    code_version="2",
+    code_version=code_version(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="One day of telemetry rows from the configured source, as delivered.",
 )
@@ -116,7 +117,7 @@ class ValidationConfig(dg.Config):
     group_name="ingestion",
     kinds={"pandas", "parquet", "great_expectations"},
     owners=OWNERS,
-    code_version="2",
+    code_version=code_version(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     output_required=False,  # an empty day that is allowed materializes nothing
     check_specs=[

@@ -9,6 +9,7 @@ scoring still runs on the telemetry's own cohort columns.
 import dagster as dg
 import pandas as pd
 
+from anomaly_assets.version import code_version
 from anomaly_assets.resources.sources import InventorySource, TelemetrySourceError
 
 
@@ -31,7 +32,7 @@ def read_inventory(inventory_source: InventorySource) -> tuple[pd.DataFrame, dic
     group_name="ingestion",
     kinds={"pandas", "parquet"},
     owners=["team:fleet-analytics"],
-    code_version="1",
+    code_version=code_version(),
     description="Device metadata (cohort attributes) from the fleet management database; empty with a "
     "warning when the inventory is not configured or unreachable.",
 )

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from anomaly_assets.version import code_version
 from anomaly_assets.core.drift import CurrentDistribution
 from anomaly_assets.defs.partitions import daily_partitions, markdown_preview
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
@@ -20,7 +21,7 @@ class DriftConfig(dg.Config):
     group_name="monitoring",
     kinds={"pandas", "sql"},
     owners=["team:fleet-analytics"],
-    code_version="1",
+    code_version=code_version(),
     backfill_policy=dg.BackfillPolicy.single_run(),  # measures each day of the run separately
     check_specs=[
         dg.AssetCheckSpec(

@@ -7,6 +7,7 @@ import pandas as pd
 
 from anomaly_assets import reports
 
+from anomaly_assets.version import code_version
 from anomaly_assets.core.feature_words import with_words
 from anomaly_assets.core.scoring import daily_device_summary, top_devices
 from anomaly_assets.defs.partitions import (
@@ -29,7 +30,7 @@ TOP_DEVICES = 10
     group_name="scoring",
     kinds={"pandas", "parquet", "mlflow"},
     owners=["team:fleet-analytics"],
-    code_version="1",
+    code_version=code_version(),
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="Every row scored by the model behind the 'champion' alias, with severity and top features.",
 )
