@@ -13,6 +13,7 @@ from anomaly_assets.defs.inventory import assets as inventory_assets
 from anomaly_assets.defs.monitoring import assets as monitoring_assets
 from anomaly_assets.defs.monitoring.sensors import drift_retraining_sensor
 from anomaly_assets.defs.registry import assets as registry_assets
+from anomaly_assets.defs.registry import champion
 from anomaly_assets.defs.retention import jobs as retention
 from anomaly_assets.defs.scoring import assets as scoring_assets
 from anomaly_assets.defs.training import assets as training_assets
@@ -32,7 +33,7 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition | None:
     return None
 
 
-ASSET_MODULES = (ingestion_assets, inventory_assets, feature_assets, training_assets, registry_assets, scoring_assets, monitoring_assets, alerting_assets)
+ASSET_MODULES = (ingestion_assets, inventory_assets, feature_assets, training_assets, registry_assets, champion, scoring_assets, monitoring_assets, alerting_assets)
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
@@ -50,7 +51,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             retention.retention_job,
         ],
         schedules=[schedules.daily_scoring_schedule, schedules.weekly_retraining_schedule, retention.weekly_retention_schedule],
-        sensors=[drift_retraining_sensor, alerting_assets.alerting_automation_sensor],
+        sensors=[drift_retraining_sensor, alerting_assets.alerting_automation_sensor, champion.champion_observation_sensor],
         resources=build_resources(settings),
         executor=executor_for(settings),
     )

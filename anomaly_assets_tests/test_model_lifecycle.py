@@ -204,3 +204,53 @@ def test_training_and_scoring_runs_carry_pictures_and_links(home, registry):
     instance = _instance(home)
     event = instance.get_latest_materialization_event(dg.AssetKey("scored_anomalies"))
     assert event.asset_materialization.metadata["mlflow_run"].value.startswith("http://127.0.0.1:5000/#/experiments/")
+
+
+def test_a_champion_change_marks_scored_partitions_stale(home, defs, registry):
+    """champion_model (observed by its sensor, or by the promote/rollback jobs) is upstream of
+    scored_anomalies: a partition scored by one champion turns stale when another takes over, and
+    is fresh again once re-scored."""
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._core.loader import LoadingContextForTest
+
+    from anomaly_assets.defs.registry.champion import champion_observation_sensor
+
+    instance = _instance(home)
+    graph = defs.resolve_asset_graph()
+    scored, day = dg.AssetKey("scored_anomalies"), "2026-11-09"
+
+    def observe(cursor):
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"model_registry": registry})
+        result = champion_observation_sensor(context)
+        for event in result.asset_events:  # what the daemon stores for the sensor
+            instance.report_runless_asset_event(event)
+        return result
+
+    def status():
+        resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+        return resolver.get_status(scored, day), resolver.get_stale_root_causes(scored, day)
+
+    if len(registry.list_versions()) < 2:  # another version to promote (the gate tests make some too)
+        training = defs.resolve_job_def("training_job")
+        assert training.execute_in_process(instance=instance, partition_key="2026-11-08", run_config=QUIET).success
+    first = observe(None)
+    [observation] = first.asset_events
+    assert observation.tags["dagster/data_version"] == registry.alias_version("champion") == first.cursor
+    assert not observe(first.cursor).asset_events  # unchanged alias: nothing recorded
+    job = defs.resolve_job_def("scoring_job")
+    assert job.execute_in_process(instance=instance, partition_key=day, asset_selection=[scored], run_config=QUIET).success
+    assert status()[0] == StaleStatus.FRESH
+
+    previous = first.cursor
+    other = next(v["version"] for v in registry.list_versions() if v["version"] != previous)
+    registry.promote(other, reason="staleness test", actor="test", force=True)
+    try:
+        changed = observe(first.cursor)
+        assert changed.cursor == other and changed.asset_events[0].metadata["previous_champion_version"].value == previous
+        state, causes = status()
+        assert state == StaleStatus.STALE
+        assert any("champion_model" in str(cause) for cause in causes), causes
+        assert job.execute_in_process(instance=instance, partition_key=day, asset_selection=[scored], run_config=QUIET).success
+        assert status()[0] == StaleStatus.FRESH
+    finally:
+        registry.promote(previous, reason="restore after the staleness test", actor="test", force=True)

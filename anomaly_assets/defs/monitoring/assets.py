@@ -4,6 +4,7 @@ import dagster as dg
 
 from anomaly_assets.version import code_version
 from anomaly_assets.core.drift import CurrentDistribution
+from anomaly_assets.defs.registry.champion import CHAMPION_MODEL
 from anomaly_assets.defs.partitions import daily_partitions, markdown_preview
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
 from anomaly_assets.resources.parquet_io import DeviceChunks
@@ -22,6 +23,7 @@ class DriftConfig(dg.Config):
     kinds={"pandas", "sql"},
     owners=["team:fleet-analytics"],
     code_version=code_version(),
+    deps=[CHAMPION_MODEL],  # measured against the champion's training reference
     backfill_policy=dg.BackfillPolicy.single_run(),  # measures each day of the run separately
     check_specs=[
         dg.AssetCheckSpec(

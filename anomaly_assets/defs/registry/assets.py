@@ -8,6 +8,7 @@ import pandas as pd
 from anomaly_assets.core.promotion import GateConfig, evaluate_gate
 from anomaly_assets.defs.partitions import daily_partitions
 from anomaly_assets.defs.training.assets import anomaly_detector
+from anomaly_assets.defs.registry.champion import champion_observed
 from anomaly_assets.resources import MlflowModelRegistry
 from anomaly_assets.resources.model_registry import CHALLENGER, CHAMPION, PromotionRefused
 
@@ -104,6 +105,7 @@ def promote_model(context: dg.OpExecutionContext, config: PromoteConfig, model_r
         context.log.info(f"version {config.version} is champion already: nothing changed")
         return
     context.log.info(f"champion moved from version {entry['previous'] or '-'} to {entry['version']}")
+    context.log_event(champion_observed(model_registry, entry))
 
 
 @dg.op
@@ -113,6 +115,7 @@ def rollback_model(context: dg.OpExecutionContext, config: RollbackConfig, model
     except LookupError as error:
         raise dg.Failure(description=f"nothing to roll back: {error}") from None
     context.log.info(f"champion rolled back from version {entry['previous']} to {entry['version']}")
+    context.log_event(champion_observed(model_registry, entry))
 
 
 @dg.job(description="Point the 'champion' alias at a version (run config: version, reason, force for a version the gate refused).")

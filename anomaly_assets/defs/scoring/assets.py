@@ -10,6 +10,7 @@ from anomaly_assets import reports
 from anomaly_assets.version import code_version
 from anomaly_assets.core.feature_words import with_words
 from anomaly_assets.core.scoring import daily_device_summary, top_devices
+from anomaly_assets.defs.registry.champion import CHAMPION_MODEL
 from anomaly_assets.defs.partitions import (
     daily_partitions,
     days_in,
@@ -31,6 +32,7 @@ TOP_DEVICES = 10
     kinds={"pandas", "parquet", "mlflow"},
     owners=["team:fleet-analytics"],
     code_version=code_version(),
+    deps=[CHAMPION_MODEL],  # the model it scores with: a promotion or rollback marks its partitions stale
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="Every row scored by the model behind the 'champion' alias, with severity and top features.",
 )
