@@ -28,6 +28,7 @@ def test_definitions_load(tmp_path):
         "device_incidents",
         "alert_deliveries",
         "device_inventory",
+        "champion_model",
     }
     for job in ("telemetry_job", "training_job", "scoring_job", "promote_model_job", "rollback_model_job"):
         assert defs.resolve_job_def(job) is not None
@@ -42,6 +43,14 @@ def test_definitions_load(tmp_path):
     assert run_retries["enabled"] and run_retries["retry_on_asset_or_op_failure"] is False
     # groups per layer
     groups = {graph.get(dg.AssetKey(k)).group_name for k in keys}
+    # lineage the code really has: the model scoring uses, the day incidents continue from
+    assert dg.AssetKey("champion_model") in graph.get(dg.AssetKey("scored_anomalies")).parent_keys
+    assert dg.AssetKey("champion_model") in graph.get(dg.AssetKey("feature_drift")).parent_keys
+    assert dg.AssetKey("device_incidents") in graph.get(dg.AssetKey("device_incidents")).parent_keys
+    # honest code versions: the package version and, in a checkout, the commit
+    from anomaly_assets.version import code_version
+
+    assert graph.get(dg.AssetKey("scored_anomalies")).code_version == code_version()
     assert groups >= {"ingestion", "features", "training", "scoring", "monitoring", "alerting"}
 
 
