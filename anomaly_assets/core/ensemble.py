@@ -31,6 +31,11 @@ from sklearn.decomposition import PCA
 
 from anomaly_assets.core.cohorts import FLEET
 
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba is a dependency; the numpy path stays exact
+    numba = None
+
 MEMBERS = ("forest", "reconstruction", "robust_z")
 
 
@@ -182,9 +187,12 @@ class DeviceNorms:
     def standardize(self, raw: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """``(raw - median) / scale`` of each row's line, missing values as 0 (typical), then
         tail-calibrated (once ``calibrate`` has run)."""
-        z = raw - self.medians[rows]
-        z /= self.scales[rows]
-        np.nan_to_num(z, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        if _standardize_compiled is not None:
+            z = _standardize_compiled(np.ascontiguousarray(raw, dtype=np.float64), rows.astype(np.int64), self.medians, self.scales)
+        else:
+            z = raw - self.medians[rows]
+            z /= self.scales[rows]
+            np.nan_to_num(z, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         return self.calibration.apply(z) if self.calibration is not None else z
 
     def calibrate(self, z: np.ndarray) -> np.ndarray:
@@ -215,14 +223,64 @@ class Reconstruction:
         return cls(mean=mean, inverse_std=inverse_std, components=np.ascontiguousarray(pca.components_.T))
 
     def scores(self, z: np.ndarray) -> np.ndarray:
+        return self.scores_and_largest_z(z, np.zeros(0, dtype=np.int64))[0]
+
+    def scores_and_largest_z(self, z: np.ndarray, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The squared residual of each row and its largest |z| over the ``level`` columns (the
+        robust z member), from one pass over the rows: scoring reads the device matrix once."""
         # |y|^2 - |W'y|^2 is the squared residual of an orthonormal projection: one product.
-        y = z - self.mean
-        y *= self.inverse_std
-        total = np.einsum("ij,ij->i", y, y)
+        z = np.ascontiguousarray(z, dtype=np.float64)
+        if _prepare_compiled is not None:
+            y, total, largest = _prepare_compiled(z, self.mean, self.inverse_std, np.asarray(level, dtype=np.int64))
+        else:
+            y = (z - self.mean) * self.inverse_std
+            total = np.einsum("ij,ij->i", y, y)
+            largest = np.abs(z[:, level]).max(axis=1) if len(level) else np.zeros(len(z))
         if self.components.shape[1]:
             projected = y @ self.components
             total -= np.einsum("ij,ij->i", projected, projected)
-        return np.maximum(total, 0.0)
+        return np.maximum(total, 0.0), largest
+
+
+def _standardize_rows(raw, rows, medians, scales):
+    """``(raw - medians[rows]) / scales[rows]`` with non-finite results as 0: the numpy path's
+    operations, row by row."""
+    n, q = raw.shape
+    z = np.empty((n, q))
+    for i in range(n):
+        r = rows[i]
+        for j in range(q):
+            v = (raw[i, j] - medians[r, j]) / scales[r, j]
+            z[i, j] = v if np.isfinite(v) else 0.0
+    return z
+
+
+_standardize_compiled = numba.njit(cache=True, nogil=True)(_standardize_rows) if numba is not None else None
+
+
+def _prepare_rows(z, mean, inverse_std, level):
+    """Per row: the standardized row ``y``, its squared norm, and the largest |z| of ``level``."""
+    n, q = z.shape
+    y = np.empty((n, q))
+    total = np.empty(n)
+    largest = np.zeros(n)
+    for i in range(n):
+        acc = 0.0
+        for j in range(q):
+            v = (z[i, j] - mean[j]) * inverse_std[j]
+            y[i, j] = v
+            acc += v * v
+        total[i] = acc
+        top = 0.0
+        for j in level:
+            a = abs(z[i, j])
+            if a > top:
+                top = a
+        largest[i] = top
+    return y, total, largest
+
+
+_prepare_compiled = numba.njit(cache=True, nogil=True)(_prepare_rows) if numba is not None else None
 
 
 def robust_z_scores(z: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
@@ -252,7 +310,14 @@ class ScoreFusion:
         return (member_scores - self.centers) / self.spans
 
     def fuse(self, member_scores: np.ndarray) -> np.ndarray:
-        return self.standardized(member_scores).mean(axis=1)
+        return self.fuse_columns([member_scores[:, m] for m in range(member_scores.shape[1])])
+
+    def fuse_columns(self, columns: list[np.ndarray]) -> np.ndarray:
+        """``fuse`` of the members' score arrays, without stacking them."""
+        fused = np.zeros(len(columns[0]))
+        for m, column in enumerate(columns):
+            fused += (column - self.centers[m]) * (1.0 / (self.spans[m] * len(columns)))
+        return fused
 
 
 __all__ = [

@@ -178,17 +178,24 @@ class FleetAnomalyModel:
 
     def member_scores(self, inputs: ModelInputs) -> np.ndarray:
         """One column per member in ``self.members`` order (each alone: higher = more anomalous)."""
-        columns = []
-        for member in self.members:
-            if member == "forest":
-                columns.append(self.forest_scores(inputs.forest))
-            elif member == "reconstruction":
-                columns.append(self.reconstruction.scores(inputs.device))
-            elif member == "robust_z":
-                columns.append(robust_z_scores(inputs.device, level_columns(self.device_columns)))
-            else:
-                raise ValueError(f"unknown ensemble member {member!r}; known: {MEMBERS}")
+        columns = self._member_columns(inputs)
         return np.column_stack(columns) if columns else np.zeros((len(inputs), 0))
+
+    def _member_columns(self, inputs: ModelInputs) -> list[np.ndarray]:
+        unknown = sorted(set(self.members) - set(MEMBERS))
+        if unknown:
+            raise ValueError(f"unknown ensemble member(s) {unknown}; known: {MEMBERS}")
+        found: dict[str, np.ndarray] = {}
+        if "forest" in self.members:
+            found["forest"] = self.forest_scores(inputs.forest)
+        if "reconstruction" in self.members:
+            level = level_columns(self.device_columns) if "robust_z" in self.members else np.zeros(0, dtype=np.int64)
+            found["reconstruction"], largest = self.reconstruction.scores_and_largest_z(inputs.device, level)
+            if "robust_z" in self.members:
+                found["robust_z"] = largest
+        elif "robust_z" in self.members:
+            found["robust_z"] = robust_z_scores(inputs.device, level_columns(self.device_columns))
+        return [found[m] for m in self.members]
 
     def raw_scores(self, inputs: ModelInputs | np.ndarray) -> np.ndarray:
         """The fused score (higher = more anomalous). A bare matrix is the forest's input alone."""
@@ -196,7 +203,7 @@ class FleetAnomalyModel:
             inputs = ModelInputs(inputs, np.zeros((len(inputs), 0)))
         if self.fusion is None:
             return self.forest_scores(inputs.forest)
-        return self.fusion.fuse(self.member_scores(inputs))
+        return self.fusion.fuse_columns(self._member_columns(inputs))
 
     def severity(self, scores: np.ndarray) -> np.ndarray:
         span = max(self.threshold - self.score_reference, 1e-9)
