@@ -28,19 +28,22 @@ RUNS = {
 }
 
 
-def vus_pr(scores: Path, dataset: str) -> float:
-    """Mean VUS-PR over devices, from score.py's summary line."""
+def instrument(scores: Path, dataset: str) -> dict[str, float]:
+    """Means over devices from score.py's summary line: VUS-PR, and the oracle event F1 (best
+    threshold on the test labels, score.py's composite F1)."""
     result = subprocess.run(
         [str(HOME / "venv" / "bin" / "python"), str(EVAL / "score.py"), str(scores), "--windows", str(HOME / "data" / f"{dataset}.windows.json")],
         capture_output=True,
         text=True,
         check=True,
     )
-    summary = [line for line in result.stdout.splitlines() if line.startswith("mean over")][-1]
-    return float(summary.split()[4])
+    header = [line for line in result.stdout.splitlines() if line.strip().startswith("VUS-PR")][-1].split()
+    values = [line for line in result.stdout.splitlines() if line.startswith("mean over")][-1].split()[4:]
+    summary = dict(zip(header, map(float, values), strict=True))
+    return {"VUS-PR": summary["VUS-PR"], "event F1 (oracle)": summary["Event-F1"]}
 
 
-def run(dataset: str, name: str, members: str) -> dict:
+def run(dataset: str, name: str, members: str, rescore: bool = False) -> dict:
     out = HOME / "out" / f"pipeline_{dataset}_{members.replace(',', '-')}"
     out.parent.mkdir(parents=True, exist_ok=True)
     command = [
@@ -48,12 +51,16 @@ def run(dataset: str, name: str, members: str) -> dict:
         "--cohort-cols", "cohort", "--model-scope", "device", "--members", members,
         "--scores-out", f"{out}.csv", "--json",
     ]  # fmt: skip
-    report = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    if rescore and Path(f"{out}.json").exists():
+        report = json.loads(Path(f"{out}.json").read_text())
+    else:
+        report = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+        Path(f"{out}.json").write_text(json.dumps(report))
     macro = report["macro"]["pipeline"]
     row = {
         "dataset": dataset,
         "detector": name,
-        "VUS-PR": vus_pr(Path(f"{out}.csv"), dataset),
+        **instrument(Path(f"{out}.csv"), dataset),
         "AUC-PR": macro["auc_pr"],
         "event F1 at own threshold": macro["event_f1"],
         "alerts/device/day": macro["alerts_per_device_per_day"],
@@ -66,8 +73,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="*", default=["smd_dev", "skab_dev"])
     parser.add_argument("--markdown", help="also write the table here")
+    parser.add_argument("--rescore", action="store_true", help="score the runs already in $EVAL_HOME/out again")
     args = parser.parse_args()
-    rows = [run(dataset, name, members) for dataset in args.datasets for name, members in RUNS.items()]
+    rows = [run(dataset, name, members, args.rescore) for dataset in args.datasets for name, members in RUNS.items()]
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:

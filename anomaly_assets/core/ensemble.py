@@ -112,11 +112,10 @@ class TailCalibration:
                 values.append(None)
                 continue
             quantiles = np.quantile(column, np.r_[CALIBRATION_LEVELS, 1.0]) if len(column) else np.zeros(len(levels))
-            targets = norm.ppf((1.0 + levels) / 2.0)
             # Tied quantiles (a mostly constant column) become one knot at their middle level.
             unique, first = np.unique(quantiles, return_index=True)
             last = np.r_[first[1:] - 1, len(quantiles) - 1] if len(unique) else first
-            middle = [float(np.mean(targets[a : b + 1])) for a, b in zip(first, last, strict=True)]
+            middle = norm.ppf((1.0 + (levels[first] + levels[last]) / 2.0) / 2.0)
             knots.append(unique.astype(np.float64))
             values.append(np.maximum.accumulate(np.asarray(middle, dtype=np.float64)))
         return cls(knots=knots, values=values)
