@@ -16,7 +16,6 @@ the validation slice; with labels there, it is the best-F1 threshold when that i
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import numpy as np
 import pandas as pd
