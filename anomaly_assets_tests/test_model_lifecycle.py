@@ -258,3 +258,31 @@ def test_a_champion_change_marks_scored_partitions_stale(home, defs, registry):
         assert status()[0] == StaleStatus.FRESH
     finally:
         registry.promote(previous, reason="restore after the staleness test", actor="test", force=True)
+
+
+def test_the_gate_judges_the_version_its_own_partition_trained(home, defs, registry):
+    """Two training partitions interleaved (as two concurrent runs): the later one moves the
+    global 'challenger' alias, yet each partition's gate compares the version that partition
+    registered; re-training a partition registers a new version linked to it by tag."""
+    instance = _instance(home)
+    fit = [dg.AssetKey(k) for k in ("cohort_stats", "baselines", "anomaly_detector")]
+    training = defs.resolve_job_def("training_job")
+
+    def train(day: str) -> str:
+        result = training.execute_in_process(instance=instance, partition_key=day, asset_selection=fit, run_config=QUIET)
+        assert result.success
+        [event] = [e for e in result.get_asset_materialization_events() if e.materialization.asset_key == fit[-1]]
+        return str(event.materialization.metadata["model_version"].value)
+
+    first, second = train("2026-11-08"), train("2026-11-09")
+    assert registry.alias_version("challenger") == second != first
+    for day, version in (("2026-11-08", first), ("2026-11-09", second)):
+        assert registry.client().get_model_version(registry.model_name, version).tags["dagster_partition"] == day
+        result = training.execute_in_process(
+            instance=instance, partition_key=day, asset_selection=[dg.AssetKey("model_promotion")], run_config=QUIET
+        )
+        assert result.success
+        [event] = result.get_asset_materialization_events()
+        assert event.materialization.metadata["challenger_version"].value == version
+    again = train("2026-11-08")  # re-materialized: a new version, linked to the partition
+    assert int(again) > int(second) and registry.partition_version("2026-11-08") == again

@@ -324,6 +324,21 @@ class MlflowModelRegistry(dg.ConfigurableResource):
         for key, value in tags.items():
             client.set_model_version_tag(self.model_name, str(version), key, str(value)[:5000])
 
+    def partition_version(self, partition: str, run_id: str | None = None) -> str | None:
+        """The version a training partition registered: the one its run registered when ``run_id``
+        did, else the newest registered for the partition. Never whatever ``challenger`` points at,
+        which a concurrent training run of another partition may have moved."""
+        try:
+            versions = self.client().search_model_versions(
+                f"name = '{self.model_name}' and tags.dagster_partition = '{partition}'"
+            )
+        except MlflowException as error:
+            raise self._error(f"failed to find the version of partition {partition}", error) from None
+        if run_id is not None:
+            own = [v for v in versions if v.tags.get("dagster_run_id") == run_id]
+            versions = own or versions
+        return str(max(int(v.version) for v in versions)) if versions else None
+
     def alias_version(self, alias: str) -> str | None:
         """The version behind ``alias``; None only when the alias (or the model) does not exist.
         Any other failure raises: an outage must never look like "no champion yet"."""

@@ -11,7 +11,7 @@ from anomaly_assets.defs.partitions import daily_partitions
 from anomaly_assets.defs.training.assets import anomaly_detector
 from anomaly_assets.defs.registry.champion import champion_observed
 from anomaly_assets.resources import MlflowModelRegistry
-from anomaly_assets.resources.model_registry import CHALLENGER, CHAMPION, PromotionRefused
+from anomaly_assets.resources.model_registry import CHAMPION, PromotionRefused
 
 
 class PromotionConfig(dg.Config):
@@ -41,10 +41,15 @@ def model_promotion(
     device_features: pd.DataFrame,
     model_registry: MlflowModelRegistry,
 ) -> dg.MaterializeResult:
-    challenger_version = model_registry.alias_version(CHALLENGER)
+    # The version this partition's training registered (in this run, or the newest for the
+    # partition), not the global 'challenger' alias another training run may have moved meanwhile.
+    challenger_version = model_registry.partition_version(context.partition_key, run_id=context.run.run_id)
     champion_version = model_registry.alias_version(CHAMPION)
     if challenger_version is None:
-        raise dg.Failure(description=f"{model_registry.model_name} has no '{CHALLENGER}': materialize anomaly_detector first")
+        raise dg.Failure(
+            description=f"{model_registry.model_name} has no version trained for partition {context.partition_key}: "
+            "materialize anomaly_detector for it first"
+        )
     if challenger_version == champion_version:
         return dg.MaterializeResult(
             metadata={"decision": "no change", "reason": f"challenger version {challenger_version} is already champion",
