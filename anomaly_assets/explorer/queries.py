@@ -13,6 +13,7 @@ import datetime as dt
 import pandas as pd
 import sqlalchemy as sa
 
+from anomaly_assets.core.incidents import SEVERITY_LEVELS
 from anomaly_assets.resources.results_store import (
     ResultsStore,
     anomaly_events,
@@ -23,7 +24,6 @@ from anomaly_assets.resources.results_store import (
     quarantined_telemetry,
 )
 
-SEVERITY_LEVELS = ("low", "medium", "high", "critical")
 PAGE_ROWS = 100
 
 
