@@ -38,6 +38,7 @@ from anomaly_assets.resources.sources import (
     SqlTelemetrySource,
 )
 from anomaly_assets_tests.conftest import free_port, require_service
+from anomaly_assets_tests.test_sources import odbc_driver
 
 PARTITION = "2026-11-02"
 DAY = pd.Timestamp(PARTITION, tz="UTC")
@@ -359,12 +360,7 @@ def test_a_source_url_with_the_password_in_its_query_leaks_nowhere(tmp_path, pos
 def test_an_unreachable_source_fails_without_its_secret(tmp_path, kind, capfd):
     port = free_port()
     if kind.startswith("odbc"):
-        try:
-            import pyodbc
-
-            driver = next((d for d in pyodbc.drivers() if d.startswith("PostgreSQL Unicode")), None)
-        except ImportError:
-            driver = None
+        driver = odbc_driver()
         require_service(driver is not None, "the psqlODBC driver is not installed (apt-get install odbc-postgresql)")
         source = OdbcTelemetrySource(
             connection_string=f"DRIVER={{{driver}}};SERVER=127.0.0.1;PORT={port};DATABASE=x;UID=u;PWD={SECRET};",
