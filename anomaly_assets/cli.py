@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -138,9 +139,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         frame = read_long(args.input)
     scope = args.model_scope or ("device" if args.format == "smd" else "fleet")
     quiet = args.json
+    detector = EvaluationConfig().detector
+    members = tuple(m.strip() for m in (args.members or "").split(",") if m.strip()) or detector.members
+    unknown = sorted(set(members) - set(detector.members))
+    if unknown:
+        raise ValueError(f"--members: unknown member(s) {unknown}; known: {','.join(detector.members)}")
+    if args.alert_budget is not None:
+        detector = dataclasses.replace(detector, alert_budget=args.alert_budget)
     report = evaluate(
         frame,
-        EvaluationConfig(cohort_columns=cohorts, model_scope=scope),
+        EvaluationConfig(cohort_columns=cohorts, model_scope=scope, detector=dataclasses.replace(detector, members=members)),
         progress=(lambda _m: None) if quiet else lambda m: print(m, file=sys.stderr, flush=True),
     )
     if args.scores_out:
@@ -201,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate",
         help="backtest the pipeline on a labelled file, next to a plain IsolationForest on the raw metrics",
-        description="Run the assets' pipeline (features, cohort stats, baselines, detector) on a labelled "
+        description="Run the assets' pipeline (features at the file's sampling interval, cohort stats, baselines, "
+        "the detector ensemble) on a labelled "
         "long-format file (device_id, timestamp, optional split train/test, label 0/1, optional cohort "
         "columns; every other numeric column is a metric) and report per device and overall AUC-ROC, AUC-PR, "
         "event-level F1 without point adjustment (at the pipeline's threshold and at the best threshold) and "
@@ -219,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="one model for all devices (fleet, default for long) or one per device (device, default for smd)",
     )
     evaluate.add_argument("--scores-out", help="write device_id, timestamp, score, is_anomaly, label of the test rows (CSV or .parquet)")
+    evaluate.add_argument(
+        "--members",
+        help="comma-separated ensemble members to fuse (default all: forest,reconstruction,robust_z); one name "
+        "measures that member alone",
+    )
+    evaluate.add_argument(
+        "--alert-budget", type=float, help="alert events per device per day the threshold allows (default 0.1)"
+    )
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.set_defaults(handler=_evaluate)
 

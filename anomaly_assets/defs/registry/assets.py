@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from anomaly_assets.version import code_version
-from anomaly_assets.core.promotion import GateConfig, evaluate_gate
+from anomaly_assets.core.promotion import GateConfig, evaluate_gate, unseen_rows
 from anomaly_assets.defs.partitions import daily_partitions
 from anomaly_assets.defs.training.assets import anomaly_detector
 from anomaly_assets.defs.registry.champion import champion_observed
@@ -32,7 +32,7 @@ class PromotionConfig(dg.Config):
     code_version=code_version(),
     deps=[anomaly_detector],
     backfill_policy=dg.BackfillPolicy.multi_run(1),
-    description="Shadow-scores the challenger and the champion on the partition's features and moves "
+    description="Shadow-scores the challenger and the champion on the partition's rows neither was trained on and moves "
     "'champion' only when the gate passes; the decision and its reasons go to MLflow tags and metadata.",
 )
 def model_promotion(
@@ -55,9 +55,28 @@ def model_promotion(
             metadata={"decision": "no change", "reason": f"challenger version {challenger_version} is already champion",
                       "champion_version": champion_version}
         )
-    rows = device_features.sort_values(["device_id", "timestamp"], ignore_index=True)
-    challenger = model_registry.load_version(challenger_version).score(rows)
-    champion = model_registry.load_version(champion_version).score(rows)
+    challenger_model = model_registry.load_version(challenger_version)
+    champion_model = model_registry.load_version(champion_version)
+    # Compared on rows neither model was fitted on nor chose its threshold on: the challenger's
+    # held-out day, when the champion was trained on an earlier window.
+    unseen = unseen_rows(device_features, challenger_model.training_summary, champion_model.training_summary)
+    rows = device_features.loc[unseen].sort_values(["device_id", "timestamp"], ignore_index=True)
+    if rows.empty:
+        reason = (
+            f"no rows of partition {context.partition_key} are unseen by both challenger {challenger_version} and "
+            f"champion {champion_version}: materialize a later partition's model_promotion to compare them"
+        )
+        model_registry.tag_version(
+            challenger_version,
+            {"promotion_decision": "refused", "promotion_reasons": reason, "promotion_compared_with": champion_version,
+             "promotion_partition": context.partition_key},
+        )
+        return dg.MaterializeResult(
+            metadata={"decision": "refused", "reasons": dg.MetadataValue.md(f"- fail: {reason}"),
+                      "challenger_version": challenger_version, "champion_version": champion_version, "evaluated_rows": 0}
+        )
+    challenger = challenger_model.score(rows)
+    champion = champion_model.score(rows)
     labels = rows[config.label_column].to_numpy(dtype=bool) if config.label_column in rows else None
     gate = GateConfig(**config.model_dump(exclude={"label_column"}))
     decision = evaluate_gate(challenger, champion, labels, gate)
