@@ -185,3 +185,20 @@ def test_evaluate_on_a_slice_of_smd():
     report = evaluate(frame, EvaluationConfig(model_scope="device"))
     assert report.windows == ("12min", "72min") and report.rows["test"] == 8000
     assert 0.6 < report.macro["pipeline"]["auc_roc"] <= 1.0, report.macro
+
+
+def test_evaluate_a_univariate_hourly_series_of_months():
+    """One metric at 1-hour samples over 90 days: windows of 12 and 24 hours (72 samples would pass
+    the one-day lookback), a daily profile learnt, and a level shift found."""
+    rng = np.random.default_rng(5)
+    times = pd.date_range("2026-01-01", periods=90 * 24, freq="1h", tz="UTC")
+    frames = []
+    for device in range(2):
+        value = 10 + 3 * np.sin(2 * np.pi * times.hour.to_numpy() / 24) + rng.normal(0, 0.5, len(times))
+        label = np.zeros(len(times), dtype=int)
+        label[70 * 24 + device * 100 : 70 * 24 + device * 100 + 30] = 1
+        value = np.where(label == 1, value + 4, value)
+        frames.append(pd.DataFrame({"device_id": f"d{device}", "timestamp": times, "value": value, "label": label}))
+    report = evaluate(pd.concat(frames, ignore_index=True), EvaluationConfig(model_scope="device"))
+    assert report.windows == ("12h", "24h") and report.metrics == ("value",)
+    assert report.macro["pipeline"]["auc_roc"] > 0.9, report.macro
