@@ -48,14 +48,38 @@ def test_reconstruction_scores_rows_off_the_learnt_structure():
     np.testing.assert_array_equal(robust_z_scores(np.array([[2.0, -3.0, 1.0]]), np.array([0, 2])), [2.0])
 
 
-def test_fusion_standardizes_each_member_against_its_fitting_distribution():
+def test_fusion_ranks_each_member_against_its_fitting_distribution():
+    """Each member maps to the normal quantile of its tail probability: a member on a 1000x scale
+    or with a heavy tail counts like the others, and beyond its fitted maximum it still grows."""
     rng = np.random.default_rng(3)
-    members = np.c_[rng.random(10_000), 1000 * rng.random(10_000)]
+    members = np.c_[rng.random(10_000), 1000 * rng.standard_exponential(10_000) ** 3]
     fusion = ScoreFusion.fit(members)
     standardized = fusion.standardized(members)
-    np.testing.assert_allclose(np.median(standardized, axis=0), 0.0, atol=1e-9)
-    np.testing.assert_allclose(np.quantile(standardized, 0.99, axis=0), 1.0, atol=1e-9)
+    # The half-normal's quantiles: 0.674 at the median, 2.576 at the 99th percentile.
+    np.testing.assert_allclose(np.median(standardized, axis=0), 0.674, atol=0.01)
+    np.testing.assert_allclose(np.quantile(standardized, 0.99, axis=0), 2.576, atol=0.02)
     np.testing.assert_allclose(fusion.fuse(members), standardized.mean(axis=1), atol=1e-12)
+    top = members.max(axis=0)
+    beyond = fusion.standardized(np.array([top, 10 * top, 100 * top]))
+    assert (np.diff(beyond, axis=0) > 0).all()  # more extreme stays more anomalous
+    assert beyond[2, 1] < 10 * beyond[0, 1]  # logarithmically (100x the score is not 100x the weight)
+
+
+def test_rare_counts_are_weighed_by_how_rare_they_are_fleet_wide():
+    """A count that is 0 on nearly every row (reboots) has no spread of its own: a device that
+    never rebooted while fitted must not score a reboot thousands of times higher than one that
+    did; both land near the normal quantile of the event's fleet-wide rarity."""
+    rng = np.random.default_rng(5)
+    devices = pd.Series(np.repeat([f"d{i}" for i in range(20)], 1000))
+    counts = (rng.random((20_000, 1)) < 0.001).astype(float)
+    counts[:1000] = 0.0  # d0 never reboots while fitted
+    norms = DeviceNorms.fit(counts, devices, pd.Series(["c"] * 20_000))
+    assert norms.discrete[0]
+    norms.calibrate(norms.standardize(counts, norms.table_rows(devices, np.zeros(20_000, np.int64), pd.Series(["c"]))))
+    rows = norms.table_rows(pd.Series(["d0", "d1"]), np.zeros(2, dtype=np.int64), pd.Series(["c"]))
+    z = norms.standardize(np.array([[1.0], [1.0]]), rows)
+    assert z[0, 0] == pytest.approx(z[1, 0])
+    assert 2.5 < z[0, 0] < 6.0
 
 
 def test_promotion_compares_on_rows_neither_model_saw():

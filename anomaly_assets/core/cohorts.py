@@ -120,7 +120,11 @@ def cohort_z_tables(stats: pd.DataFrame, metrics: Sequence[str]) -> tuple[list[s
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.where(np.isnan(mean), np.nanmean(mean[fleet], axis=0)[None, None, :], mean)
         std = np.where(np.isnan(std), np.nanmean(std[fleet], axis=0)[None, None, :], std)
-    std = np.maximum(std, np.maximum(0.05 * np.nanmean(std[fleet], axis=0), 1e-6)[None, None, :])
+    # A cohort-hour that saw no event of a rare count (reboots) has std 0: floored at 5% of the
+    # fleet's, one reboot there would weigh twenty times one elsewhere. Such a degenerate cell
+    # takes half the fleet's std at that hour.
+    floor = np.maximum(0.05 * np.nanmean(std[fleet], axis=0), 1e-6)[None, None, :]
+    std = np.where(std <= floor, np.maximum(floor, 0.5 * std[fleet][None]), std)
     return cohorts, mean, std
 
 

@@ -23,6 +23,7 @@ The third member, the IsolationForest, lives in :mod:`anomaly_assets.core.detect
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -96,9 +97,10 @@ class TailCalibration:
 
     knots: list[np.ndarray | None]  # per column, increasing |z| values (None: left as it is)
     values: list[np.ndarray | None]  # the calibrated z at each knot
+    beyond: str = "proportional"  # growth past the largest knot: "proportional" or "log"
 
     @classmethod
-    def fit(cls, z: np.ndarray, columns: np.ndarray | None = None) -> TailCalibration:
+    def fit(cls, z: np.ndarray, columns: np.ndarray | None = None, beyond: str = "proportional") -> TailCalibration:
         """Calibrate ``columns`` (a boolean mask; default all) of the fitting slice's z."""
         from scipy.stats import norm
 
@@ -118,21 +120,26 @@ class TailCalibration:
             middle = norm.ppf((1.0 + (levels[first] + levels[last]) / 2.0) / 2.0)
             knots.append(unique.astype(np.float64))
             values.append(np.maximum.accumulate(np.asarray(middle, dtype=np.float64)))
-        return cls(knots=knots, values=values)
+        return cls(knots=knots, values=values, beyond=beyond)
 
     def apply(self, z: np.ndarray) -> np.ndarray:
-        out = np.empty_like(z)
-        for j, (knots, values) in enumerate(zip(self.knots, self.values, strict=True)):
-            if knots is None:
-                out[:, j] = z[:, j]
-                continue
-            magnitude = np.abs(z[:, j])
-            top = knots[-1]
-            mapped = np.interp(magnitude, knots, values)
-            if top > 0:
-                mapped = np.where(magnitude > top, values[-1] * magnitude / top, mapped)
-            out[:, j] = np.copysign(mapped, z[:, j])
+        out = np.empty_like(z, dtype=np.float64)
+        for j in range(z.shape[1]):
+            out[:, j] = self.apply_column(j, z[:, j])
         return out
+
+    def apply_column(self, j: int, column: np.ndarray) -> np.ndarray:
+        knots, values = self.knots[j], self.values[j]
+        if knots is None:
+            return column
+        magnitude = np.abs(column)
+        top = knots[-1]
+        mapped = np.interp(magnitude, knots, values)
+        if top > 0:
+            ratio = np.maximum(magnitude / top, 1.0)
+            grown = values[-1] * (1.0 + np.log(ratio)) if self.beyond == "log" else values[-1] * ratio
+            mapped = np.where(magnitude > top, grown, mapped)
+        return np.copysign(mapped, column)
 
 
 @dataclasses.dataclass
@@ -147,11 +154,19 @@ class DeviceNorms:
     calibration: TailCalibration | None = None
 
     @classmethod
-    def fit(cls, raw: np.ndarray, devices: pd.Series, cohorts: pd.Series, floor_share: float = 0.1) -> DeviceNorms:
+    def fit(
+        cls,
+        raw: np.ndarray,
+        devices: pd.Series,
+        cohorts: pd.Series,
+        floor_share: float = 0.5,
+        discrete: np.ndarray | None = None,
+        continuous: np.ndarray | None = None,
+    ) -> DeviceNorms:
         """``raw``: the device source columns of the fitting rows (NaN allowed).
 
-        A device's spread is floored at ``floor_share`` of the fleet's, so a metric one device
-        never moved is not infinitely tight; a column the whole fleet never moved carries no
+        A device's spread is floored at ``floor_share`` of the typical device's, so a metric one
+        device never moved is not infinitely tight; a column the whole fleet never moved carries no
         information and is left out (infinite spread: its z is 0), as is a column a device
         (or cohort) never reported."""
         zeros = np.zeros(len(raw), dtype=np.int64)
@@ -160,17 +175,30 @@ class DeviceNorms:
         fleet_median = np.nan_to_num(fleet_median, nan=0.0)
         fleet_scale = np.where(np.nan_to_num(fleet_scale) > 0, fleet_scale, np.inf)
         tables_median, tables_scale, indexes = [], [], []
+        floor = None
         for keys in (devices, cohorts):
             codes, uniques = pd.factorize(keys.to_numpy(), sort=True)
             median, scale = _spread(raw, codes)
+            if floor is None:  # the typical device's own spread: the fleet's mixes device offsets in
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # a column no device reported
+                    typical = np.nanmedian(np.where(scale > 0, scale, np.nan), axis=0)
+                floor = floor_share * np.where(np.isnan(typical), fleet_scale, typical)
             tables_median.append(np.where(np.isnan(median), fleet_median[None, :], median))
-            tables_scale.append(np.maximum(np.nan_to_num(scale, nan=np.inf), floor_share * fleet_scale[None, :]))
+            tables_scale.append(np.maximum(np.nan_to_num(scale, nan=np.inf), floor[None, :]))
             indexes.append(pd.Index(np.asarray(uniques).astype(str)))
         medians = np.vstack([*tables_median, fleet_median[None, :]])
         scales = np.vstack([*tables_scale, fleet_scale[None, :]])
         # A column whose median absolute deviation is 0 fleet-wide is mostly one value (a count of
-        # rare events): its z has no scale of its own and is tail-calibrated.
-        return cls(devices=indexes[0], cohorts=indexes[1], medians=medians, scales=scales, discrete=~(fleet_mad > 0))
+        # rare events such as reboots): a device's own spread of it only says whether the device
+        # happened to have an event while fitted, so every device is measured on the fleet's scale
+        # (the tail calibration then weighs an event by how rare it is fleet-wide).
+        # ``discrete`` adds columns (those of a mostly-constant metric); ``continuous`` exempts
+        # columns whose rare values are faults by definition (missing metrics).
+        none = np.zeros(len(fleet_mad), bool)
+        discrete = (~(fleet_mad > 0) | (none if discrete is None else discrete)) & ~(none if continuous is None else continuous)
+        scales[:, discrete] = fleet_scale[None, discrete]
+        return cls(devices=indexes[0], cohorts=indexes[1], medians=medians, scales=scales, discrete=discrete)
 
     def table_rows(self, devices: pd.Series, cohort_index: np.ndarray, cohort_keys: pd.Series) -> np.ndarray:
         """Each row's line in the tables: its device, else its cohort, else the fleet."""
@@ -293,20 +321,22 @@ def robust_z_scores(z: np.ndarray, columns: np.ndarray | None = None) -> np.ndar
 
 @dataclasses.dataclass
 class ScoreFusion:
-    """Each member's score mapped so that its fitting-slice median is 0 and 99th percentile 1,
-    then averaged: members on different scales count alike, and no labels are needed."""
+    """Each member's score mapped to the normal quantile of its tail probability on the fitting
+    slice (a calibrated rank: 0 at the median, about 2.6 at the 99th percentile), then averaged.
 
-    centers: np.ndarray
-    spans: np.ndarray
+    Ranks make members on different scales count alike: a squared reconstruction error or a
+    robust z of thousands cannot outshout the others just for its scale, and no labels are
+    needed. Beyond the largest fitted score a member still grows, with the logarithm of the
+    ratio to that maximum, so more extreme stays more anomalous without one member dominating."""
+
+    calibration: TailCalibration
 
     @classmethod
     def fit(cls, member_scores: np.ndarray) -> ScoreFusion:
-        centers = np.median(member_scores, axis=0)
-        spans = np.quantile(member_scores, 0.99, axis=0) - centers
-        return cls(centers=centers, spans=np.where(spans > 1e-12, spans, 1.0))
+        return cls(calibration=TailCalibration.fit(member_scores, beyond="log"))
 
     def standardized(self, member_scores: np.ndarray) -> np.ndarray:
-        return (member_scores - self.centers) / self.spans
+        return self.calibration.apply(member_scores)
 
     def fuse(self, member_scores: np.ndarray) -> np.ndarray:
         return self.fuse_columns([member_scores[:, m] for m in range(member_scores.shape[1])])
@@ -315,8 +345,8 @@ class ScoreFusion:
         """``fuse`` of the members' score arrays, without stacking them."""
         fused = np.zeros(len(columns[0]))
         for m, column in enumerate(columns):
-            fused += (column - self.centers[m]) * (1.0 / (self.spans[m] * len(columns)))
-        return fused
+            fused += self.calibration.apply_column(m, column)
+        return fused / len(columns)
 
 
 __all__ = [
