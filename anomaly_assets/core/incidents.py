@@ -78,7 +78,10 @@ class IncidentRules:
     cohort_min_share: float = 0.3
     cohort_min_flagged_devices: int = 3
     cohort_min_devices: int = 3
-    cohort_min_device_samples: int = 3  # a device counts as flagged in a bucket with this many anomalous samples
+    # A device counts as flagged in a bucket with this many anomalous samples: within the alert
+    # budget one anomalous sample is already rare (a calm fleet has at most 2 such devices in any
+    # cohort-hour; a firmware regression, 5-7 of 16).
+    cohort_min_device_samples: int = 1
     cohort_close_after_buckets: int = 3
 
     def __post_init__(self) -> None:

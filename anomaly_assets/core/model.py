@@ -208,7 +208,9 @@ class FleetAnomalyModel:
     def severity(self, scores: np.ndarray) -> np.ndarray:
         span = max(self.threshold - self.score_reference, 1e-9)
         below = 50.0 * np.clip((scores - self.score_reference) / span, 0.0, 1.0)
-        above = 50.0 + 50.0 * (1.0 - np.exp(-(scores - self.threshold) / span))
+        # The fused score is a mean of normal quantiles, compressed at the top: one unit above the
+        # threshold is already rare, so severity rises over half the span below it.
+        above = 50.0 + 50.0 * (1.0 - np.exp(-(scores - self.threshold) / (span / 2.0)))
         return np.round(np.where(scores > self.threshold, above, below), 2)
 
     @property
