@@ -352,10 +352,10 @@ def detect_device_incidents(
         suppressed += quiet
         if state is not None:
             states[device_id] = state
-    return _frame(rows), states, suppressed
+    return incident_frame(rows), states, suppressed
 
 
-def _frame(rows: list[dict]) -> pd.DataFrame:
+def incident_frame(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(INCIDENT_COLUMNS))
     for column in ("started_at", "opened_at", "last_anomaly_at", "ended_at"):
         frame[column] = pd.to_datetime(frame[column], utc=True)
@@ -500,7 +500,7 @@ def cohort_incidents_from_buckets(
             else:
                 states[cohort] = {"open": incident}
     rows = [_cohort_row(incident, partition, rules) for incident in touched.values()]
-    return _frame(rows), states
+    return incident_frame(rows), states
 
 
 def attach_to_cohorts(device_incidents: pd.DataFrame, cohort_incidents: pd.DataFrame) -> pd.DataFrame:
