@@ -200,7 +200,7 @@ def train_detector(
     if config.tail_calibration != "none":
         columns = model.device_norms.discrete if config.tail_calibration == "discrete" else None
         model.device_norms.calibration = TailCalibration.fit(device[sample], columns)
-        device = model.device_norms.calibration.apply(device)
+        device = model.device_norms.calibration.apply_in_place(device)
     model.reconstruction = Reconstruction.fit(
         device, config.reconstruction_variance, config.fit_sample_rows, config.random_state
     )

@@ -123,10 +123,14 @@ class TailCalibration:
         return cls(knots=knots, values=values, beyond=beyond)
 
     def apply(self, z: np.ndarray) -> np.ndarray:
-        out = np.empty_like(z, dtype=np.float64)
-        for j in range(z.shape[1]):
-            out[:, j] = self.apply_column(j, z[:, j])
-        return out
+        return self.apply_in_place(np.array(z, dtype=np.float64))
+
+    def apply_in_place(self, z: np.ndarray) -> np.ndarray:
+        """``apply`` writing into ``z``: only the calibrated columns are touched."""
+        for j, knots in enumerate(self.knots):
+            if knots is not None:
+                z[:, j] = self.apply_column(j, z[:, j])
+        return z
 
     def apply_column(self, j: int, column: np.ndarray) -> np.ndarray:
         knots, values = self.knots[j], self.values[j]
@@ -220,7 +224,7 @@ class DeviceNorms:
             z = raw - self.medians[rows]
             z /= self.scales[rows]
             np.nan_to_num(z, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        return self.calibration.apply(z) if self.calibration is not None else z
+        return self.calibration.apply_in_place(z) if self.calibration is not None else z
 
     def calibrate(self, z: np.ndarray) -> np.ndarray:
         """Fit the tail calibration on the fitting slice's z and return them calibrated."""
