@@ -163,8 +163,11 @@ def test_every_partition_is_the_same_in_chunks_of_seven_devices(demo_in_chunks_a
             pd.read_parquet(demo_in_chunks_and_whole[name] / "parquet" / asset / f"{day}.parquet") for name in ("chunked", "whole")
         )
         assert len(chunked) > 1000
+        # Scores agree to 1e-9: the reconstruction's matrix product rounds by the BLAS block a
+        # chunk's size gives (differences of about 1e-15 in a few rows).
+        tolerance = {"check_exact": False, "rtol": 1e-9, "atol": 1e-9} if asset == "scored_anomalies" else {"check_exact": True}
         pd.testing.assert_frame_equal(
-            chunked.sort_values(key, ignore_index=True), whole.sort_values(key, ignore_index=True), check_exact=True
+            chunked.sort_values(key, ignore_index=True), whole.sort_values(key, ignore_index=True), **tolerance
         )
     if asset != "raw_telemetry":  # written a chunk at a time: one row group per chunk of 7 devices
         stored = demo_in_chunks_and_whole["chunked"] / "parquet" / asset / f"{days[-1]}.parquet"
