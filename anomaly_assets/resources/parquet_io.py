@@ -77,14 +77,14 @@ class DeviceChunks:
         self.paths = list(paths)
         self.devices_per_chunk = devices_per_chunk
 
-    @property
-    def rows(self) -> int:
-        """Rows over all the files, from their footers (nothing is read)."""
-        total = 0
+    def rows_per_file(self) -> list[int]:
+        """Each file's rows, in the order of ``paths`` (one file per loaded partition), from their
+        footers (nothing is read)."""
+        counts = []
         for path in self.paths:
             with path.open("rb") as handle:
-                total += pq.ParquetFile(handle).metadata.num_rows
-        return total
+                counts.append(pq.ParquetFile(handle).metadata.num_rows)
+        return counts
 
     def frame(self) -> pd.DataFrame:
         """Every row at once."""
@@ -218,9 +218,9 @@ class PartitionSpool:
                     pq.write_table(self._schema.empty_table(), self._file(key))
         return {key: self._file(key) for key in self.keys}
 
-    def persisted_rows(self) -> int:
-        """Rows in the written files, from their footers."""
-        return sum(pq.ParquetFile(file).metadata.num_rows for file in self.files().values())
+    def persisted_rows_by_key(self) -> dict[str | None, int]:
+        """Each partition's rows in its written file, from the footer."""
+        return {key: pq.ParquetFile(file).metadata.num_rows for key, file in self.files().items()}
 
     def batches(self, rows: int = 100_000) -> Iterator[pd.DataFrame]:
         """Every partition's rows again, ``rows`` at a time (to load them elsewhere)."""
@@ -278,6 +278,10 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         asset_key = context.asset_key
         if not context.has_asset_partitions:
             paths = [self._path(asset_key, None)]
+            if not paths[0].exists():
+                raise FileNotFoundError(
+                    f"{asset_key.to_user_string()} has not been materialized (no file at {paths[0]}); materialize it first"
+                )
         else:
             paths = self._partition_paths(context)
         chunks = DeviceChunks(paths, self.devices_per_chunk)

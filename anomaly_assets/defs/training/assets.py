@@ -15,7 +15,7 @@ from anomaly_assets import reports
 from anomaly_assets.core.detector import DetectorConfig, split_by_time, train_detector
 from anomaly_assets.defs.features.assets import feature_spec
 from anomaly_assets.defs.partitions import daily_partitions, markdown_preview, training_window
-from anomaly_assets.resources import MlflowModelRegistry, TelemetrySource
+from anomaly_assets.resources import InventorySource, MlflowModelRegistry, TelemetrySource
 
 TRAINING = dict(
     partitions_def=daily_partitions,
@@ -33,9 +33,11 @@ def _window_metadata(features: pd.DataFrame) -> dict:
 
 
 @dg.asset(**TRAINING, kinds={"pandas", "parquet"}, code_version=code_version(), ins=TRAINING_WINDOW_IN)
-def cohort_stats(device_features: pd.DataFrame, telemetry_source: TelemetrySource) -> dg.Output[pd.DataFrame]:
+def cohort_stats(
+    device_features: pd.DataFrame, telemetry_source: TelemetrySource, inventory_source: InventorySource
+) -> dg.Output[pd.DataFrame]:
     """Mean and spread per (cohort, hour of day, metric) over the training window."""
-    spec = feature_spec(telemetry_source)
+    spec = feature_spec(telemetry_source, inventory_source)
     stats = fit_cohort_stats(device_features, spec.metrics, spec.cohort_columns)
     return dg.Output(
         stats,
@@ -49,9 +51,11 @@ def cohort_stats(device_features: pd.DataFrame, telemetry_source: TelemetrySourc
 
 
 @dg.asset(**TRAINING, kinds={"pandas", "parquet"}, code_version=code_version(), ins=TRAINING_WINDOW_IN)
-def baselines(device_features: pd.DataFrame, telemetry_source: TelemetrySource) -> dg.Output[pd.DataFrame]:
+def baselines(
+    device_features: pd.DataFrame, telemetry_source: TelemetrySource, inventory_source: InventorySource
+) -> dg.Output[pd.DataFrame]:
     """Per-cohort p01/p50/p99 of every metric over the training window."""
-    spec = feature_spec(telemetry_source)
+    spec = feature_spec(telemetry_source, inventory_source)
     table = fit_baselines(device_features, spec.metrics, spec.cohort_columns)
     return dg.Output(
         table,
@@ -100,9 +104,10 @@ def anomaly_detector(
     cohort_stats: pd.DataFrame,
     baselines: pd.DataFrame,
     telemetry_source: TelemetrySource,
+    inventory_source: InventorySource,
     model_registry: MlflowModelRegistry,
 ) -> dg.MaterializeResult:
-    spec = feature_spec(telemetry_source)
+    spec = feature_spec(telemetry_source, inventory_source)
     detector_config = DetectorConfig(**config.model_dump())
     model, metrics = train_detector(device_features, cohort_stats, baselines, spec, detector_config)
     window = _window_metadata(device_features)
