@@ -38,6 +38,10 @@ from anomaly_assets.core.timestamps import parse_utc
 ALLOW_MISSING_PARTITIONS = "allow_missing_partitions"  # AssetIn metadata: optional lookback input
 DEVICE_COLUMN = "device_id"
 PREVIEW_ROWS = 10
+# A chunk's rows are written in row groups of at most this many rows (~110 devices of 5-minute
+# rows a day): a reader after one device (the explorer's device page) decodes one small group,
+# not the whole chunk's.
+ROW_GROUP_ROWS = 32_768
 DEFAULT_DEVICES_PER_CHUNK = 1_000  # 288,000 rows of 5-minute telemetry a day: ~1-2 GB per step at peak
 
 
@@ -137,7 +141,8 @@ class DeviceChunks:
 
 class PartitionSpool:
     """An asset's output for the run's partitions, appended a chunk at a time to one temporary
-    parquet file per partition (one row group per chunk), so it is never in memory at once.
+    parquet file per partition (row groups of a chunk, at most ``ROW_GROUP_ROWS`` rows each), so
+    it is never in memory at once.
     Return it from the asset; the IO manager moves the files into place, or, if the run fails
     first, nothing of it is ever visible."""
 
@@ -185,7 +190,7 @@ class PartitionSpool:
                 ) from error
         if key not in self._writers:
             self._writers[key] = pq.ParquetWriter(self._file(key), self._schema)
-        self._writers[key].write_table(table, row_group_size=max(len(table), 1))
+        self._writers[key].write_table(table, row_group_size=min(max(len(table), 1), ROW_GROUP_ROWS))
         self.rows += len(table)
         self.rows_by_key[key] += len(table)
 
