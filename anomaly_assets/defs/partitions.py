@@ -63,14 +63,12 @@ def partition_metadata(context: dg.AssetExecutionContext, by_partition: dict[str
 def partition_check_results(context: dg.AssetExecutionContext, by_partition: dict[str, dg.AssetCheckResult]):
     """One check's results, one per partition of the run, each recorded under its partition.
 
-    For one partition, the AssetCheckResult as it is (Dagster names its partition). An
-    AssetCheckResult cannot name a partition itself, so for a range (a single-run backfill)
-    Dagster would record one result for the run without a partition ("-" in the UI): each
-    partition's result becomes an AssetCheckEvaluation naming it, targeting that partition's
-    materialization, and the check's output is emitted once."""
-    if len(by_partition) == 1 and list(by_partition) == list(context.partition_keys):
-        yield from by_partition.values()
-        return
+    An AssetCheckResult cannot name a partition: Dagster gives it the run's partition only when
+    the run has a single partition key, and records it without one ("-" in the UI, and the
+    partition's planned check shown as skipped) in a run over a range, even a range of one day (a
+    single-run backfill, the demo's and the daily jobs' ranges). So each partition's result
+    becomes an AssetCheckEvaluation naming it and targeting that partition's materialization, as
+    Dagster records a single partition's; the check's output is emitted once."""
     first = next(iter(by_partition.values()))
     key = dg.AssetCheckKey(first.asset_key or context.asset_key, first.check_name)
     if key not in context.selected_asset_check_keys:
