@@ -69,6 +69,8 @@ def partition_check_results(context: dg.AssetExecutionContext, by_partition: dic
     single-run backfill, the demo's and the daily jobs' ranges). So each partition's result
     becomes an AssetCheckEvaluation naming it and targeting that partition's materialization, as
     Dagster records a single partition's; the check's output is emitted once."""
+    if not by_partition:
+        return
     first = next(iter(by_partition.values()))
     key = dg.AssetCheckKey(first.asset_key or context.asset_key, first.check_name)
     if key not in context.selected_asset_check_keys:
