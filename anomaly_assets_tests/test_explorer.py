@@ -136,6 +136,34 @@ def test_device_page_marks_the_rows_anomaly_events_holds(client, store):
     assert "synthetic fleet: injected fault" in html
 
 
+def test_device_page_shows_the_range_the_user_chooses_up_to_the_cap(client, store):
+    from anomaly_assets.explorer.app import MAX_DEVICE_DAYS
+
+    worst = store.read_frame(
+        "SELECT device_id FROM device_daily_summary WHERE partition_date = :d ORDER BY max_severity DESC LIMIT 1",
+        {"d": REGRESSION_DAY},
+    )["device_id"].iloc[0]
+    # A week: the metrics of every day (the training days have features, no scores), the marks of both scored days.
+    week = client.get(f"/devices/{worst}?from=2026-11-03&day={REGRESSION_DAY}")
+    figure = _figure(week.data, "device-plot")
+    metric_panels = [t for t in figure["data"] if t.get("yaxis") and t["name"] != ANOMALY_TRACE and t["mode"] == "lines"]
+    week_days = {str(d.date()) for d in pd.date_range("2026-11-03", REGRESSION_DAY)}
+    assert len(metric_panels) == 11 and all({x[:10] for x in t["x"]} == week_days for t in metric_panels)
+    [marks] = [t["x"] for t in figure["data"] if t["name"] == ANOMALY_TRACE and "yaxis" not in t]
+    assert [pd.Timestamp(x) for x in marks] == _flagged_rows(store, worst, "2026-11-08") + _flagged_rows(store, worst, REGRESSION_DAY)
+    html = week.data.decode()
+    assert f'href="?from=2026-11-03&day={REGRESSION_DAY}" class="current">7 days</a>' in html  # the quick choices
+    assert 'id="range-shortened"' not in html
+    # Longer than the cap: the page says so and shows the last MAX_DEVICE_DAYS days (here all 9 stored).
+    html = client.get(f"/devices/{worst}?from=2026-09-01&day={REGRESSION_DAY}").data.decode()
+    assert 'id="range-shortened"' in html and f"at most {MAX_DEVICE_DAYS} days" in html
+    assert f'<input type="date" name="from" value="{(pd.Timestamp(REGRESSION_DAY) - pd.Timedelta(days=MAX_DEVICE_DAYS - 1)).date()}">' in html
+    figure = _figure(html.encode(), "device-plot")
+    stored_days = {str(d.date()) for d in pd.date_range("2026-11-01", REGRESSION_DAY)}
+    assert all({x[:10] for x in t["x"]} == stored_days for t in figure["data"] if t.get("yaxis") and t["mode"] == "lines")
+    assert "No partition files for 2026-10-" in html  # the days before the first partition
+
+
 def test_token_guards_every_page(home, store):
     guarded = create_app(store, str(home / "parquet"), token=TOKEN).test_client()
     assert guarded.get("/incidents").status_code == 302  # a browser is sent to the login form

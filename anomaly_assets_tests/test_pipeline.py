@@ -39,6 +39,7 @@ def test_demo_materializes_every_asset_and_registers_a_champion(demo_home, demo_
         if instance.get_latest_materialization_event(key) is not None
     }
     assert materialized == {
+        "device_inventory",  # read by every telemetry and scoring run (empty: no inventory configured)
         "raw_telemetry",
         "validated_telemetry",
         "device_features",

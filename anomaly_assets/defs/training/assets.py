@@ -18,7 +18,7 @@ from anomaly_assets import reports
 from anomaly_assets.core.detector import DetectorConfig, fit_slice, train_detector, training_slices
 from anomaly_assets.defs.features.assets import feature_spec
 from anomaly_assets.defs.partitions import daily_partitions, markdown_preview, training_window
-from anomaly_assets.resources import MlflowModelRegistry, TelemetrySource
+from anomaly_assets.resources import InventorySource, MlflowModelRegistry, TelemetrySource
 
 TRAINING = dict(
     partitions_def=daily_partitions,
@@ -52,10 +52,13 @@ def _fit_rows(features: pd.DataFrame, config: TrainingSliceConfig) -> tuple[pd.D
 
 @dg.asset(**TRAINING, kinds={"pandas", "parquet"}, code_version=code_version(), ins=TRAINING_WINDOW_IN)
 def cohort_stats(
-    config: TrainingSliceConfig, device_features: pd.DataFrame, telemetry_source: TelemetrySource
+    config: TrainingSliceConfig,
+    device_features: pd.DataFrame,
+    telemetry_source: TelemetrySource,
+    inventory_source: InventorySource,
 ) -> dg.Output[pd.DataFrame]:
     """Mean and spread per (cohort, hour of day, metric) over the training window's fitting slice."""
-    spec = feature_spec(telemetry_source)
+    spec = feature_spec(telemetry_source, inventory_source)
     rows, fit_metadata = _fit_rows(device_features, config)
     stats = fit_cohort_stats(rows, spec.metrics, spec.cohort_columns)
     return dg.Output(
@@ -72,10 +75,13 @@ def cohort_stats(
 
 @dg.asset(**TRAINING, kinds={"pandas", "parquet"}, code_version=code_version(), ins=TRAINING_WINDOW_IN)
 def baselines(
-    config: TrainingSliceConfig, device_features: pd.DataFrame, telemetry_source: TelemetrySource
+    config: TrainingSliceConfig,
+    device_features: pd.DataFrame,
+    telemetry_source: TelemetrySource,
+    inventory_source: InventorySource,
 ) -> dg.Output[pd.DataFrame]:
     """Per-cohort p01/p50/p99 of every metric over the training window's fitting slice."""
-    spec = feature_spec(telemetry_source)
+    spec = feature_spec(telemetry_source, inventory_source)
     rows, fit_metadata = _fit_rows(device_features, config)
     table = fit_baselines(rows, spec.metrics, spec.cohort_columns)
     return dg.Output(
@@ -136,9 +142,10 @@ def anomaly_detector(
     cohort_stats: pd.DataFrame,
     baselines: pd.DataFrame,
     telemetry_source: TelemetrySource,
+    inventory_source: InventorySource,
     model_registry: MlflowModelRegistry,
 ) -> dg.MaterializeResult:
-    spec = feature_spec(telemetry_source)
+    spec = feature_spec(telemetry_source, inventory_source)
     detector_config = DetectorConfig(**{**config.model_dump(), "members": tuple(config.members)})
     model, metrics = train_detector(device_features, cohort_stats, baselines, spec, detector_config)
     window = _window_metadata(device_features)
