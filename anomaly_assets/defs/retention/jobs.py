@@ -7,6 +7,8 @@ import datetime as dt
 import dagster as dg
 import pandas as pd
 
+from anomaly_assets import audit
+from anomaly_assets.core.audit import run_actor
 from anomaly_assets.core.retention import DEFAULT_MAX_AGE_DAYS, VersionInfo, cutoff, plan_archive, validate_ages
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
 from anomaly_assets.resources.model_registry import CHAMPION
@@ -109,6 +111,19 @@ def archive_model_versions(context: dg.OpExecutionContext, config: ArchiveConfig
     return report
 
 
+@dg.op(description="Record a retention run that deleted or archived anything in the audit trail (dry runs change nothing).")
+def audit_retention_run(context: dg.OpExecutionContext, purged: dict, archived: dict, results_store: ResultsStore) -> None:
+    if purged["dry_run"]:
+        return
+    deleted = {t["table"]: t["deleted"] for t in purged["tables"] if t["deleted"]}
+    detail = (
+        f"deleted rows {deleted or 'none'} (days before the cut-offs, as of {purged['as_of']}); "
+        f"archived model versions {archived.get('archived') or 'none'}"
+    )
+    source = "scheduled" if context.run.tags.get("dagster/schedule_name") else "manual"
+    audit.record(results_store, run_actor(context.run_id, context.run.tags), "retention.run", "retention_job", detail, f"{source} retention run")
+
+
 @dg.config_mapping
 def _retention_run_config(config: RetentionConfig) -> dg.RunConfig:
     return dg.RunConfig(
@@ -127,8 +142,7 @@ def _retention_run_config(config: RetentionConfig) -> dg.RunConfig:
     "model versions archived=true (run config: dry_run, max_age_days, keep_last_versions, batch_size, as_of).",
 )
 def retention_job():
-    purge_old_results()
-    archive_model_versions()
+    audit_retention_run(purge_old_results(), archive_model_versions())
 
 
 weekly_retention_schedule = dg.ScheduleDefinition(
