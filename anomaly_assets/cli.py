@@ -87,13 +87,11 @@ def _model_list(args: argparse.Namespace) -> int:
 
 def _results_store():
     """The results database of this environment (ANOMALY_ASSETS_RESULTS_URL in production)."""
-    import dagster as dg
-
-    from anomaly_assets.resources.results_store import ResultsStore
+    from anomaly_assets.resources.results_store import ResultsStore, production_results_store
 
     settings = Settings.from_env()
     if settings.environment == "production":
-        return ResultsStore(url=dg.EnvVar("ANOMALY_ASSETS_RESULTS_URL")).process_config_and_initialize()
+        return production_results_store()
     settings.home.mkdir(parents=True, exist_ok=True)
     return ResultsStore(url=settings.results_url)
 

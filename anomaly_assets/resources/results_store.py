@@ -6,6 +6,7 @@ inserts the new ones in one transaction, so re-materializing replaces and never 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -226,6 +227,17 @@ def upgrade_schema(engine: sa.Engine) -> None:
             "migrate it: run `anomaly-assets migrate` with ANOMALY_ASSETS_RESULTS_URL naming the owner role "
             "(docker compose runs the `migrate` service)"
         ) from None
+
+
+RESULTS_URL_ENV = "ANOMALY_ASSETS_RESULTS_URL"
+
+
+def production_results_store() -> ResultsStore:
+    """The production results database for a process outside Dagster (the CLI, the explorer)."""
+    url = os.environ.get(RESULTS_URL_ENV, "")
+    if not url:
+        raise ValueError(f"{RESULTS_URL_ENV} is not set (the results database's SQLAlchemy URL)")
+    return ResultsStore(url=url)
 
 
 class ResultsStore(dg.ConfigurableResource):

@@ -12,18 +12,19 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-# Default privileges (deploy/postgres-init.sql) give the results writer UPDATE and DELETE on every
-# table the owner creates; the audit trail is append-only, so those grants are taken back here.
-_APPEND_ONLY = """
+# Default privileges (deploy/postgres-init.sh) give the results writer UPDATE and DELETE on every
+# table the owner creates. The audit trail is append-only and the schema's revision is the
+# owner's to move, so those grants are taken back from every role but the one migrating.
+_OWNER_ONLY = {"audit_log": "UPDATE, DELETE, TRUNCATE", "alembic_version": "INSERT, UPDATE, DELETE, TRUNCATE"}
+_REVOKE = """
 DO $$
 DECLARE grantee_name text;
 BEGIN
   FOR grantee_name IN
     SELECT DISTINCT grantee FROM information_schema.role_table_grants
-    WHERE table_schema = current_schema() AND table_name = 'audit_log'
-      AND privilege_type IN ('UPDATE', 'DELETE', 'TRUNCATE') AND grantee <> current_user
+    WHERE table_schema = current_schema() AND table_name = '{table}' AND grantee NOT IN (current_user, 'PUBLIC')
   LOOP
-    EXECUTE format('REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM %I', grantee_name);
+    EXECUTE format('REVOKE {privileges} ON {table} FROM %I', grantee_name);
   END LOOP;
 END $$;
 """
@@ -44,7 +45,8 @@ def upgrade() -> None:
     )
     op.create_index("ix_audit_log_action_at", "audit_log", ["action", "at"])
     if op.get_bind().dialect.name == "postgresql":
-        op.execute(_APPEND_ONLY)
+        for table, privileges in _OWNER_ONLY.items():
+            op.execute(_REVOKE.format(table=table, privileges=privileges))
 
 
 def downgrade() -> None:
