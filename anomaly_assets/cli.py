@@ -337,6 +337,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, LookupError, FileNotFoundError, RuntimeError) as error:
         print(f"anomaly-assets {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # an MLflow call outside the registry's own error handling
+        from anomaly_assets.redaction import redact
+        from anomaly_assets.resources.mlflow_auth import auth_failure
+
+        refused = auth_failure(error, redact(os.environ.get("MLFLOW_TRACKING_URI", "the tracking server")))
+        if refused is None:
+            raise
+        print(f"anomaly-assets {args.command}: error: {refused}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

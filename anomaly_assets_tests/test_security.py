@@ -5,10 +5,6 @@ role may do what their services need and nothing more; the migrations run under 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import uuid
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,45 +13,14 @@ import sqlalchemy as sa
 from anomaly_assets import audit
 from anomaly_assets.cli import main
 from anomaly_assets.core.audit import Actor
-from anomaly_assets.resources.results_store import ResultsStore, SchemaNotMigrated, anomaly_events, audit_log
-from anomaly_assets_tests.conftest import postgres_available, postgres_url, require_service
-
-REPO = Path(__file__).resolve().parents[1]
-ROLES = ("dagster", "mlflow", "results_owner", "results_writer", "results_reader")
-DATABASES = ("dagster", "mlflow", "results")
-
-
-def _url(role: str, database: str) -> str:
-    return str(sa.make_url(postgres_url(database)).set(username=role))
+from anomaly_assets.resources.results_store import ResultsStore, SchemaNotMigrated, anomaly_events
+from anomaly_assets_tests.conftest import provisioned_roles
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Runs the init script with a fresh prefix; yields a URL builder for (role, database)."""
-    require_service(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432 (user postgres)")
-    require_service(shutil.which("psql") is not None, "psql (PostgreSQL's client) is not installed")
-    prefix = f"t{uuid.uuid4().hex[:8]}_"
-    admin_url = sa.make_url(postgres_url())
-    env = {
-        **os.environ,
-        "PGHOST": admin_url.host or "127.0.0.1",
-        "POSTGRES_USER": admin_url.username or "postgres",
-        "ANOMALY_ASSETS_PG_PREFIX": prefix,
-        **{f"{name}_PASSWORD": f"pw-{name.lower()}-{uuid.uuid4().hex[:6]}" for name in
-           ("DAGSTER_DB", "MLFLOW_DB", "RESULTS_OWNER", "RESULTS_WRITER", "RESULTS_READER")},
-    }  # fmt: skip
-    admin = sa.create_engine(postgres_url(), isolation_level="AUTOCOMMIT")
-    try:
-        result = subprocess.run([str(REPO / "deploy" / "postgres-init.sh")], env=env, capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-        yield lambda role, database: _url(prefix + role, prefix + database)
-    finally:
-        with admin.connect() as connection:
-            for database in DATABASES:
-                connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{prefix}{database}" WITH (FORCE)'))
-            for role in ROLES:
-                connection.execute(sa.text(f'DROP ROLE IF EXISTS "{prefix}{role}"'))
-        admin.dispose()
+    with provisioned_roles() as url:
+        yield url
 
 
 def _denied(url: str, statement: str) -> str:
@@ -118,4 +83,3 @@ def test_each_role_may_do_what_its_service_needs_and_no_more(cluster, restore_en
     assert _denied(cluster("dagster", "results"), "SELECT 1") != "allowed"
     assert _denied(cluster("results_writer", "mlflow"), "SELECT 1") != "allowed"
     assert _denied(cluster("dagster", "dagster"), "CREATE TABLE runs_probe (x int)") == "allowed"  # it owns its own
-    assert audit_log.name == "audit_log"
