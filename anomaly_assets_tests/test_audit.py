@@ -116,3 +116,23 @@ def test_explorer_audit_page_lists_the_trail_and_the_signed_in_user(home):
     assert "frank" in html and "version 1 -&gt; 3" in html and "signed in as grace" in html
     assert client.get("/audit?action=retention.run").get_data(as_text=True).count("frank") == 0
     assert client.get("/audit?action=nonsense").status_code == 400
+
+
+def test_the_webserver_tags_every_kind_of_launch_with_the_proxys_user():
+    from anomaly_assets.webserver import tag_launches
+
+    launch = {"query": "mutation LaunchPipelineExecution($executionParams: ExecutionParams!) {...}",
+              "variables": {"executionParams": {"executionMetadata": {"tags": [{"key": LAUNCHED_BY_TAG, "value": "mallory"}]}}}}  # fmt: skip
+    backfill = {"query": "mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {...}",
+                "variables": {"backfillParams": {"partitionNames": ["2026-11-08"]}}}  # fmt: skip
+    many = {"query": "mutation LaunchMultipleRuns($executionParamsList: [ExecutionParams!]!) {...}",
+            "variables": {"executionParamsList": [{"selector": {}}, {"selector": {}}]}}  # fmt: skip
+    reexecute = {"query": "mutation LaunchPipelineReexecution($reexecutionParams: ReexecutionParams) {...}",
+                 "variables": {"reexecutionParams": {"parentRunId": "r", "strategy": "ALL_STEPS"}}}  # fmt: skip
+    read = {"query": "query RunsRoot { runsOrError { __typename } }", "variables": {}}
+    assert tag_launches([launch, backfill, many, reexecute], "alice") and not tag_launches(read, "alice")
+    mine = {"key": LAUNCHED_BY_TAG, "value": "alice"}
+    assert launch["variables"]["executionParams"]["executionMetadata"]["tags"] == [mine]  # the client's own value is replaced
+    assert backfill["variables"]["backfillParams"]["tags"] == [mine]
+    assert all(p["executionMetadata"]["tags"] == [mine] for p in many["variables"]["executionParamsList"])
+    assert reexecute["variables"]["reexecutionParams"]["extraTags"] == [mine]

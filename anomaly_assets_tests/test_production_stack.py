@@ -274,11 +274,8 @@ def test_the_stack_behind_its_proxy_and_least_privilege_roles(stack, monkeypatch
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.setenv(name, env[name])
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    registry = mlflow.MlflowClient()
-    first_version = registry.get_model_version("fleet_anomaly_detector", "1")
-    registry.create_model_version(
-        "fleet_anomaly_detector", source=first_version.source, run_id=first_version.run_id, model_id=first_version.model_id
-    )
+    first_version = mlflow.MlflowClient().get_model_version("fleet_anomaly_detector", "1")
+    assert mlflow.register_model(first_version.source, "fleet_anomaly_detector").version == "2"
     promoted = _cli({**env, "LOGNAME": "ops-bob"}, "model", "promote", "--version", "2", "--reason", "hotfix")
     assert promoted.returncode == 0, promoted.stderr
     _launch_and_wait(client, "rollback_model_job", {}, tmp)
