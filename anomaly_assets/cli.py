@@ -102,11 +102,10 @@ def _model_promote(args: argparse.Namespace) -> int:
 
     version, actor = str(args.version), cli_actor()
     entry = _registry().promote(version, reason=args.reason, actor=actor.label(), force=args.force)
-    if entry is not None:
-        audit.record_champion_change(_results_store(), actor, entry)
     if entry is None:
         _print(args, {"version": version, "changed": False}, f"version {version} is champion already: nothing changed")
         return 0
+    audit.record_champion_change(_results_store(), actor, entry)
     _print(args, {**entry, "changed": True}, f"champion: version {entry['previous'] or '-'} -> {entry['version']}")
     return 0
 
@@ -296,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         "audit",
         help="who changed the champion, ran retention or changed the alert channels, when and why",
         description="The audit trail in the results database, oldest first: every champion change (gate, "
-        "first version, CLI, promote/rollback jobs), every retention run that deleted or archived, every "
+        "first version, CLI, promote/rollback jobs), every retention run that was not a dry run, every "
         "change of the alert channels configuration.",
     )
     audit.add_argument("--action", help="only actions starting with this, e.g. champion, retention.run, alert_channels")

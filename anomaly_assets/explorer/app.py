@@ -19,7 +19,8 @@ from pathlib import Path
 import pandas as pd
 from flask import Flask, Response, abort, g, redirect, render_template, request, send_file, url_for
 
-from anomaly_assets.core.audit import PROXY_USER_HEADER
+from anomaly_assets import audit
+from anomaly_assets.core.audit import ACTIONS, PROXY_USER_HEADER
 from anomaly_assets.core.feature_words import describe_feature, metric_words
 from anomaly_assets.explorer import charts
 from anomaly_assets.explorer.device_rows import DeviceRows
@@ -256,9 +257,6 @@ def create_app(store, storage_path: str, token: str | None = None) -> Flask:
 
     @app.get("/audit")
     def audit_page():
-        from anomaly_assets import audit
-        from anomaly_assets.core.audit import ACTIONS
-
         action = request.args.get("action") or None
         if action is not None and action not in ACTIONS:
             abort(400, f"unknown action {action!r}; known: {', '.join(ACTIONS)}")

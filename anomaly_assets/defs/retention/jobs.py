@@ -111,7 +111,7 @@ def archive_model_versions(context: dg.OpExecutionContext, config: ArchiveConfig
     return report
 
 
-@dg.op(description="Record a retention run that deleted or archived anything in the audit trail (dry runs change nothing).")
+@dg.op(description="Record the run in the audit trail unless it was a dry run (which changes nothing).")
 def audit_retention_run(context: dg.OpExecutionContext, purged: dict, archived: dict, results_store: ResultsStore) -> None:
     if purged["dry_run"]:
         return
