@@ -24,7 +24,7 @@ ACTIONS = (
     "alert_channels.change",  # the alert channels configuration differs from the last one recorded
 )
 # A run tag naming the person who launched it. Set by the webserver behind the proxy (the proxy's
-# authenticated user, see deploy/dagster_webserver.py) or by whoever launches through the API.
+# authenticated user, see anomaly_assets/webserver.py) or by whoever launches through the API.
 LAUNCHED_BY_TAG = "anomaly_assets/launched_by"
 # Tags Dagster itself (or Dagster+) sets on runs it starts, in the order they name the launcher.
 _LAUNCHER_TAGS = (
