@@ -81,7 +81,7 @@ def test_retention_is_recorded_only_when_it_changes_something(home):
     run = retention_job.execute_in_process(resources=resources, tags={LAUNCHED_BY_TAG: "carol"}, run_config={"dry_run": False})
     [row] = audit.entries(home["store"])
     assert (row["who"], row["action"], row["reason"], row["run_id"]) == ("carol", "retention.run", "manual retention run", run.run_id)
-    assert "deleted rows none" in row["detail"]
+    assert row["detail"].startswith("deleted rows: none (days before the cut-offs") and "archived model versions: none" in row["detail"]
 
 
 def test_alert_channel_changes_are_recorded_once_each_without_secrets(home):

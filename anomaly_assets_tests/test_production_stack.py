@@ -274,6 +274,7 @@ def test_the_stack_behind_its_proxy_and_least_privilege_roles(stack, monkeypatch
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.setenv(name, env[name])
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    mlflow.set_registry_uri(env["MLFLOW_TRACKING_URI"])  # an earlier test in this process may have set another
     first_version = mlflow.MlflowClient().get_model_version("fleet_anomaly_detector", "1")
     assert mlflow.register_model(first_version.source, "fleet_anomaly_detector").version == "2"
     promoted = _cli({**env, "LOGNAME": "ops-bob"}, "model", "promote", "--version", "2", "--reason", "hotfix")

@@ -115,11 +115,9 @@ def archive_model_versions(context: dg.OpExecutionContext, config: ArchiveConfig
 def audit_retention_run(context: dg.OpExecutionContext, purged: dict, archived: dict, results_store: ResultsStore) -> None:
     if purged["dry_run"]:
         return
-    deleted = {t["table"]: t["deleted"] for t in purged["tables"] if t["deleted"]}
-    detail = (
-        f"deleted rows {deleted or 'none'} (days before the cut-offs, as of {purged['as_of']}); "
-        f"archived model versions {archived.get('archived') or 'none'}"
-    )
+    deleted = ", ".join(f"{t['table']} {t['deleted']:,}" for t in purged["tables"] if t["deleted"]) or "none"
+    versions = ", ".join(archived.get("archived") or []) or "none"
+    detail = f"deleted rows: {deleted} (days before the cut-offs, as of {purged['as_of']}); archived model versions: {versions}"
     source = "scheduled" if context.run.tags.get("dagster/schedule_name") else "manual"
     audit.record(results_store, run_actor(context.run_id, context.run.tags), "retention.run", "retention_job", detail, f"{source} retention run")
 
