@@ -12,12 +12,15 @@ import hashlib
 import hmac
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 import pandas as pd
 from flask import Flask, Response, abort, g, redirect, render_template, request, send_file, url_for
 
+from anomaly_assets import audit
+from anomaly_assets.core.audit import ACTIONS, PROXY_USER_HEADER
 from anomaly_assets.core.feature_words import describe_feature, metric_words
 from anomaly_assets.explorer import charts
 from anomaly_assets.explorer.device_rows import DeviceRows
@@ -75,6 +78,11 @@ def create_app(store, storage_path: str, token: str | None = None) -> Flask:
     device_rows = DeviceRows(storage_path)
     app.jinja_env.filters.update(words=describe_feature, when=_when, features=_features_in_words, metric=metric_words)
     app.jinja_env.globals.update(severity_levels=SEVERITY_LEVELS)
+
+    @app.context_processor
+    def _signed_in_as():
+        # The user the authenticating proxy (deploy/Caddyfile) signed in; absent without the proxy.
+        return {"signed_in_as": request.headers.get(PROXY_USER_HEADER)}
 
     @app.before_request
     def _authorize():
@@ -252,6 +260,15 @@ def create_app(store, storage_path: str, token: str | None = None) -> Flask:
             pages=max(math.ceil(total / PAGE_ROWS), 1),
             summary=_records(summary),
         )
+
+    @app.get("/audit")
+    def audit_page():
+        action = request.args.get("action") or None
+        if action is not None and action not in ACTIONS:
+            abort(400, f"unknown action {action!r}; known: {', '.join(ACTIONS)}")
+        entries = audit.entries(store, action=action, limit=PAGE_ROWS)[::-1]
+        dagster_url = os.environ.get("DAGSTER_UI_URL", "").rstrip("/")
+        return render_template("audit.html", entries=entries, actions=ACTIONS, action=action, dagster_url=dagster_url)
 
     @app.errorhandler(400)
     @app.errorhandler(404)

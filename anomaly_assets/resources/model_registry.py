@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import PrivateAttr
 
 from anomaly_assets.redaction import redact, url_secrets
+from anomaly_assets.resources.mlflow_auth import auth_failure
 
 if TYPE_CHECKING:  # scikit-learn loads with the model, not with the registry (`model list` stays quick)
     from anomaly_assets.core.detector import FleetAnomalyModel
@@ -354,6 +355,8 @@ class MlflowModelRegistry(dg.ConfigurableResource):
     def _error(self, what: str, error: BaseException) -> RegistryError:
         """A RegistryError naming the (redacted) tracking URI and MLflow's first line."""
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if refused := auth_failure(error, self.where):
+            return RegistryError(f"{refused} ({what})")
         return RegistryError(redact(f"MLflow at {self.where}: {what}: {detail}", url_secrets(self.tracking_uri)))
 
     def load_version(self, version: str) -> FleetAnomalyModel:

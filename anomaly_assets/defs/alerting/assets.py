@@ -5,6 +5,8 @@ import dataclasses
 
 import dagster as dg
 
+from anomaly_assets import audit
+from anomaly_assets.core.audit import run_actor
 from anomaly_assets.version import code_version
 from anomaly_assets.core.alerts import ChannelConfigError
 from anomaly_assets.core.incident_days import IncidentDays
@@ -145,6 +147,9 @@ def alert_deliveries(context: dg.AssetExecutionContext, results_store: ResultsSt
         channels = alert_router.channel_configs()
     except ChannelConfigError as error:
         raise dg.Failure(description=str(error)) from error
+    if audit.record_channels_if_changed(results_store, run_actor(context.run.run_id, context.run.tags), channels):
+        context.log.info("the alert channels configuration changed since the last run: recorded in the audit trail")
+
     # The delivery log's state after this run, reported on each day of the run (failed deliveries
     # of any day are retried by the next run).
     def on_each_day(result: dg.AssetCheckResult):

@@ -11,6 +11,8 @@ import os
 import dagster as dg
 import pandas as pd
 
+from anomaly_assets import audit
+from anomaly_assets.core.audit import run_actor
 from anomaly_assets.version import code_version
 from anomaly_assets.core.baselines import fit_baselines
 from anomaly_assets.core.cohorts import fit_cohort_stats
@@ -18,7 +20,8 @@ from anomaly_assets import reports
 from anomaly_assets.core.detector import DetectorConfig, fit_slice, train_detector, training_slices
 from anomaly_assets.defs.features.assets import feature_spec
 from anomaly_assets.defs.partitions import daily_partitions, markdown_preview, training_window
-from anomaly_assets.resources import InventorySource, MlflowModelRegistry, TelemetrySource
+from anomaly_assets.resources import InventorySource, MlflowModelRegistry, ResultsStore, TelemetrySource
+from anomaly_assets.resources.model_registry import CHAMPION
 
 TRAINING = dict(
     partitions_def=daily_partitions,
@@ -144,6 +147,7 @@ def anomaly_detector(
     telemetry_source: TelemetrySource,
     inventory_source: InventorySource,
     model_registry: MlflowModelRegistry,
+    results_store: ResultsStore,
 ) -> dg.MaterializeResult:
     spec = feature_spec(telemetry_source, inventory_source)
     detector_config = DetectorConfig(**{**config.model_dump(), "members": tuple(config.members)})
@@ -172,6 +176,9 @@ def anomaly_detector(
     finally:
         reports.close(figures)
     context.log.info(f"registered {registered.name} version {registered.version} with aliases {registered.aliases}")
+    if CHAMPION in registered.aliases:
+        first = {"version": registered.version, "previous": "", "reason": "first trained version"}
+        audit.record_champion_change(results_store, run_actor(context.run.run_id, context.run.tags), first, "champion.first")
     return dg.MaterializeResult(
         metadata={
             **window,
