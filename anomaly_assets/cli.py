@@ -38,19 +38,24 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _registry():
-    """The registry build_resources picks for this environment, built without importing every
-    source driver and scikit-learn: `model` commands load nothing but the MLflow client."""
-    import dagster as dg
-
-    from anomaly_assets.resources.model_registry import MlflowModelRegistry
+    """The registry build_resources picks for this environment, as the plain client: `model`
+    commands load the MLflow client and nothing of Dagster, scikit-learn or the source drivers."""
+    from anomaly_assets.resources.registry_client import ModelRegistryClient
 
     for noisy in ("mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     settings = Settings.from_env()
+    timeout = settings.mlflow_timeout_seconds
     if settings.environment == "production":
-        # Resolves the EnvVar (it builds an ephemeral Dagster instance: ~1 s, only needed here).
-        return MlflowModelRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")).process_config_and_initialize()
-    return MlflowModelRegistry(tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifact_location)
+        uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+        if not uri:
+            raise ValueError("ANOMALY_ASSETS_ENV=production reads the MLflow server from MLFLOW_TRACKING_URI, which is not set")
+        return ModelRegistryClient(tracking_uri=uri, request_timeout_seconds=timeout)
+    return ModelRegistryClient(
+        tracking_uri=settings.mlflow_tracking_uri,
+        artifact_location=settings.mlflow_artifact_location,
+        request_timeout_seconds=timeout,
+    )
 
 
 def _print(args: argparse.Namespace, payload, text: str) -> None:

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,23 +19,10 @@ import mlflow
 import pytest
 import sqlalchemy as sa
 
-from anomaly_assets_tests.conftest import free_port
+from anomaly_assets_tests.conftest import free_port, wait_http
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def _wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{process.args[0]} exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-4000:]}")
 
 
 class Services:
@@ -48,7 +34,7 @@ class Services:
         process = subprocess.Popen(args, cwd=REPO, env=self.env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
         self.processes.append((name, process, log))
         if health_url:
-            _wait_http(health_url, process, log)
+            wait_http(health_url, process, log)
         return process
 
     def stop(self) -> None:

@@ -124,6 +124,7 @@ def anomaly_detector(
             tags={**tags, "dagster_run_url": f"{DAGSTER_UI_URL}/runs/{context.run.run_id}"},
             tables={"cohort_stats": cohort_stats, "baselines": baselines, "feature_contributions": contributions},
             run_name=f"anomaly_detector {context.partition_key}",
+            example_rows=device_features,  # the package's input example: one device's latest window
             figures=figures,
         )
     finally:
