@@ -90,6 +90,30 @@ def _model_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_show(args: argparse.Namespace) -> int:
+    registry = _registry()
+    v = registry.version_details(None if args.version is None else str(args.version))
+    metrics = "  ".join(f"{k}={int(x) if float(x).is_integer() else round(x, 4)}" for k, x in sorted(v["metrics"].items()))
+    lines = [
+        f"{registry.model_name} version {v['version']} ({', '.join(v['aliases']) or 'no alias'}) at {registry.where}",
+        f"  created {v['created']}, training window {v['training_window'] or '-'}, run {v['run_id'] or '-'}",
+        f"  metrics: {metrics or '-'}",
+    ]
+    if v["gate"]:
+        against = f" against version {v['gate_compared_with']}" if v["gate_compared_with"] else ""
+        lines.append(f"  gate {v['gate']}{against}: {v['gate_reasons'] or 'no reasons recorded'}")
+    if v["inputs"]:
+        lines.append("  a scoring request's rows carry: " + ", ".join(f"{c['name']} ({c['type']})" for c in v["inputs"]))
+        lines += [f"  param {p['name']} ({p['type']}, default {p['default']!r})" for p in v["params"]]
+        lines.append(
+            f"  serve it: mlflow models serve -m models:/{registry.model_name}/{v['version']} --env-manager local"
+        )
+    else:
+        lines.append("  no signature (registered before versions carried one): retrain to serve it")
+    _print(args, v, "\n".join(lines))
+    return 0
+
+
 def _model_promote(args: argparse.Namespace) -> int:
     version = str(args.version)
     entry = _registry().promote(version, reason=args.reason, actor="cli", force=args.force)
@@ -228,13 +252,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_evaluate)
 
     model = commands.add_parser(
-        "model", help="list, promote and roll back detector versions in the MLflow registry",
+        "model", help="list, show, promote and roll back detector versions in the MLflow registry",
         description="Manage the registered detector: the 'champion' alias is what scoring uses.",
     )
     actions = model.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="versions with aliases, training window, metrics, gate decision and reasons")
     listing.add_argument("--json", action="store_true", help="print as JSON")
     listing.set_defaults(handler=_model_list)
+    show = actions.add_parser(
+        "show",
+        help="one version: aliases, metrics, gate decision, and the columns a scoring request carries",
+        description="One version (default: the champion): aliases, training window, its run's metrics, the "
+        "gate's decision and reasons, and its signature (the columns and params a scoring request carries).",
+    )
+    show.add_argument("--version", type=int, help="the model version (default: the champion)")
+    show.add_argument("--json", action="store_true", help="print as JSON (with the version's tags)")
+    show.set_defaults(handler=_model_show)
     promote = actions.add_parser(
         "promote",
         help="point 'champion' at a version",

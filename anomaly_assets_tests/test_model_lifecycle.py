@@ -34,12 +34,18 @@ BIN = Path(sys.executable).parent
 def home(tmp_path_factory):
     saved = dict(os.environ)
     home = tmp_path_factory.mktemp("lifecycle") / "home"
-    # MLflow's process-wide store: training, scoring and the registry must never write to it.
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home.parent / 'process_wide.db'}"
+    # MLflow's process-wide store: training, scoring and the registry must never read, set or write it.
+    os.environ["MLFLOW_TRACKING_URI"] = _process_wide(home)  # the steps' processes too
+    mlflow.set_tracking_uri(_process_wide(home))
     assert main(["demo", "--devices", "30", "--days", "9", "--seed", "11", "--home", str(home), "--json"]) == 0
     yield home
+    mlflow.set_tracking_uri(None)
     os.environ.clear()
     os.environ.update(saved)
+
+
+def _process_wide(home: Path) -> str:
+    return f"sqlite:///{home.parent / 'process_wide.db'}"
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +75,12 @@ def test_first_version_is_tagged_challenger_and_champion(registry):
     assert registry.alias_version("challenger") == "1"
 
 
-def test_pyfunc_champion_scores_raw_telemetry_exactly_like_scored_anomalies(home, registry, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.tracking_uri)  # as a user would; the project never sets it
-    model = mlflow.pyfunc.load_model(f"models:/{registry.model_name}@champion")
+def test_pyfunc_champion_scores_raw_telemetry_exactly_like_scored_anomalies(home, registry):
+    mlflow.set_tracking_uri(registry.tracking_uri)  # as a user would; the project never does
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{registry.model_name}@champion")
+    finally:
+        mlflow.set_tracking_uri(_process_wide(home))
     raw = pd.concat(
         [pd.read_parquet(home / "parquet" / "raw_telemetry" / f"{d}.parquet") for d in ("2026-11-07", "2026-11-08")],
         ignore_index=True,
@@ -98,6 +107,19 @@ def test_each_version_carries_a_signature_an_input_example_and_only_the_scoring_
     code = {p.relative_to(package / "code" / "anomaly_assets").as_posix() for p in (package / "code").rglob("*.py")}
     assert {"model_package.py", "core/detector.py", "core/features.py"} <= code
     assert not {c for c in code if c.startswith(("defs/", "explorer/", "resources/")) or c in ("cli.py", "demo.py")}
+
+
+def test_model_show_names_what_a_scoring_request_carries(home, registry, capsys, restore_environ):
+    os.environ["ANOMALY_ASSETS_HOME"] = str(home)
+    assert main(["model", "show", "--json"]) == 0  # the champion
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["version"] == "1" and "champion" in shown["aliases"] and shown["metrics"]["auc_pr"] == shown["auc_pr"]
+    assert [c["name"] for c in shown["inputs"]] == serving_columns(registry.load_version("1").spec)
+    assert [p["name"] for p in shown["params"]] == ["score_from"]
+    assert main(["model", "show", "--version", "1"]) == 0
+    assert "serve it: mlflow models serve -m models:/fleet_anomaly_detector/1" in capsys.readouterr().out
+    assert main(["model", "show", "--version", "99"]) == 2
+    assert "no version 99" in capsys.readouterr().err
 
 
 def _latest_flagged_window(home: Path, spec, day: str) -> tuple[pd.DataFrame, str, pd.DataFrame]:
@@ -369,7 +391,7 @@ def test_the_gate_judges_the_version_its_own_partition_trained(home, defs, regis
 
 def test_nothing_reached_mlflows_process_wide_store(home):
     """Every registry call above went through a client built with the home's tracking URI."""
-    uri = f"sqlite:///{home.parent / 'process_wide.db'}"
-    assert mlflow.get_tracking_uri() == uri and mlflow.get_registry_uri() == uri  # read, never set
+    uri = _process_wide(home)
+    assert mlflow.get_tracking_uri() == uri and mlflow.get_registry_uri() == uri  # never set
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert client.search_registered_models() == [] and [e.name for e in client.search_experiments()] == ["Default"]

@@ -294,6 +294,33 @@ class RegistryOperations:
             )
         return rows
 
+    def version_details(self, version: str | None = None) -> dict[str, Any]:
+        """One version (default: the champion) as ``list_versions`` shows it, with all its run's
+        metrics and its tags, and what a scoring request to it carries: the signature's input
+        columns and params (none for a version registered before signatures were logged)."""
+        version = str(version) if version else self.alias_version(CHAMPION)
+        if version is None:
+            raise NoChampionError(f"registered model {self.model_name!r} at {self.where} has no '{CHAMPION}' alias")
+        row = next((r for r in self.list_versions() if r["version"] == version), None)
+        if row is None:
+            raise LookupError(f"{self.model_name} has no version {version} at {self.where}")
+        import mlflow.artifacts
+        from mlflow.models import Model
+
+        client = self.client()
+        try:
+            tags = client.get_model_version(self.model_name, version).tags
+            location = client.get_model_version_download_uri(self.model_name, version).rstrip("/")
+            signature = Model.load(
+                mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/MLmodel", tracking_uri=self.tracking_uri)
+            ).signature
+        except Exception as error:
+            raise self._error(f"failed to read {self.model_name} version {version}", error) from None
+        inputs = signature.inputs.to_dict() if signature else []
+        params = signature.params.to_dict() if signature and signature.params else []
+        metrics = client.get_run(row["run_id"]).data.metrics if row["run_id"] else {}
+        return {**row, "metrics": metrics, "tags": tags, "inputs": inputs, "params": params, "artifacts": location}
+
     def latest_version(self) -> str | None:
         try:
             versions = self.client().search_model_versions(f"name = '{self.model_name}'")
