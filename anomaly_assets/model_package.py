@@ -39,6 +39,13 @@ SCORE_FROM = "score_from"  # the request parameter: rows before it are lookback 
 # The input example: one device's rows over the lookback and then this much scored time.
 EXAMPLE_SCORED_SPAN = pd.Timedelta("1h")
 PACKAGE_ROOT = Path(__file__).resolve().parent  # anomaly_assets/
+# The package's entry point, as MLflow's "models from code" wants it: code rather than a pickled object.
+ENTRY_POINT = """from mlflow.models import set_model
+
+from anomaly_assets.model_package import FleetAnomalyPyfunc
+
+set_model(FleetAnomalyPyfunc())
+"""
 
 
 def serving_columns(spec: FeatureSpec) -> list[str]:
@@ -136,9 +143,11 @@ def save_package(path: Path, model: FleetAnomalyModel, example: pd.DataFrame, sc
             target = code / source.relative_to(PACKAGE_ROOT)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
+        entry = Path(tmp, "fleet_anomaly_model.py")
+        entry.write_text(ENTRY_POINT)
         mlflow.pyfunc.save_model(
             path=str(path),
-            python_model=FleetAnomalyPyfunc(),
+            python_model=str(entry),
             artifacts={MODEL_ARTIFACT: str(model_file)},
             code_paths=[str(code)],
             signature=signature,
