@@ -89,6 +89,16 @@ class FleetAnomalyPyfunc(mlflow.pyfunc.PythonModel):
         return self.model.score(build_device_features(_telemetry(model_input, spec), spec, keep_from=keep_from))
 
 
+def fitted_model(package: Path) -> FleetAnomalyModel:
+    """The fitted model of a package folder. Read directly: MLflow's loader would also put the
+    package's code folder first on ``sys.path`` for the rest of the process, so a process started
+    from it later (a multiprocessing worker) would import the project from that partial copy."""
+    from mlflow.models import Model
+
+    artifact = Model.load(str(package)).flavors["python_function"]["artifacts"][MODEL_ARTIFACT]["path"]
+    return joblib.load(Path(package, artifact))
+
+
 def _score_from(value: Any) -> pd.Timestamp | None:
     if value is None or value == "":
         return None

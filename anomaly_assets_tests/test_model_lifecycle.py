@@ -77,10 +77,12 @@ def test_first_version_is_tagged_challenger_and_champion(registry):
 
 def test_pyfunc_champion_scores_raw_telemetry_exactly_like_scored_anomalies(home, registry):
     mlflow.set_tracking_uri(registry.tracking_uri)  # as a user would; the project never does
+    path = list(sys.path)
     try:
         model = mlflow.pyfunc.load_model(f"models:/{registry.model_name}@champion")
-    finally:
+    finally:  # MLflow puts the package's code first on sys.path: later tests' workers must not import it
         mlflow.set_tracking_uri(_process_wide(home))
+        sys.path[:] = path
     raw = pd.concat(
         [pd.read_parquet(home / "parquet" / "raw_telemetry" / f"{d}.parquet") for d in ("2026-11-07", "2026-11-08")],
         ignore_index=True,
@@ -98,7 +100,9 @@ def test_each_version_carries_a_signature_an_input_example_and_only_the_scoring_
     client = registry.client()
     package = Path(client.get_model_version_download_uri(registry.model_name, "1").removeprefix("file://"))
     meta = Model.load(package)
-    spec = registry.load_version("1").spec
+    path = list(sys.path)
+    spec = MlflowModelRegistry(tracking_uri=registry.tracking_uri).load_version("1").spec  # a fresh load
+    assert sys.path == path  # the package's code folder stays out of the process's imports
     assert [c.name for c in meta.signature.inputs.inputs] == serving_columns(spec)
     assert {p.name for p in meta.signature.params.params} == {"score_from"}
     assert "score" in meta.signature.outputs.input_names()

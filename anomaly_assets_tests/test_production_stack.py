@@ -151,5 +151,10 @@ def test_partitions_launched_through_graphql_run_on_a_postgres_instance(stack):
 
     # The model lives in the MLflow server (PostgreSQL backend) and loads back by alias.
     mlflow.set_tracking_uri(stack["env"]["MLFLOW_TRACKING_URI"])
-    model = mlflow.pyfunc.load_model("models:/fleet_anomaly_detector@champion")
+    path = list(sys.path)
+    try:
+        model = mlflow.pyfunc.load_model("models:/fleet_anomaly_detector@champion")
+    finally:  # MLflow puts the package's code first on sys.path: later tests' workers must not import it
+        mlflow.set_tracking_uri(None)
+        sys.path[:] = path
     assert model.unwrap_python_model().model.threshold > 0

@@ -368,17 +368,18 @@ class RegistryOperations:
     def load_version(self, version: str) -> FleetAnomalyModel:
         if version not in self._loaded:
             import mlflow.artifacts
-            import mlflow.pyfunc
+
+            from anomaly_assets.model_package import fitted_model
 
             try:
                 # The version's artifacts found through this registry's client (a models:/ URI would
-                # be resolved against the process-wide registry URI); a local folder loads without any.
+                # be resolved against the process-wide registry URI).
                 location = self.client().get_model_version_download_uri(self.model_name, str(version))
-                local = mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=self.tracking_uri)
-                pyfunc = mlflow.pyfunc.load_model(local)
+                self._loaded[version] = fitted_model(
+                    mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=self.tracking_uri)
+                )
             except Exception as error:
                 raise self._error(f"failed to load {self.model_name} version {version}", error) from None
-            self._loaded[version] = pyfunc.unwrap_python_model().model
         return self._loaded[version]
 
     def load_champion(self) -> tuple[str, FleetAnomalyModel]:
