@@ -11,11 +11,12 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY anomaly_assets ./anomaly_assets
 RUN pip install --no-cache-dir -c constraints.txt .
 COPY deploy/dagster.yaml workspace.production.yaml celery_worker.yaml ./
+COPY deploy/mlflow-auth.ini ./deploy/
 
 ENV DAGSTER_HOME=/opt/dagster/home \
     ANOMALY_ASSETS_ENV=production \
     ANOMALY_ASSETS_STORAGE_PATH=/data/storage
-RUN mkdir -p "$DAGSTER_HOME" /data/storage /data/mlartifacts \
+RUN mkdir -p "$DAGSTER_HOME" /data/storage /data/mlartifacts /data/mlflow-auth \
     && cp dagster.yaml "$DAGSTER_HOME/dagster.yaml" \
     && chown -R anomaly:anomaly /opt/dagster /data
 

@@ -85,15 +85,16 @@ def _peak_mb() -> float:
 def train(workdir: Path) -> dict:
     from anomaly_assets.core.baselines import fit_baselines
     from anomaly_assets.core.cohorts import fit_cohort_stats
-    from anomaly_assets.core.detector import DetectorConfig, train_detector
+    from anomaly_assets.core.detector import DetectorConfig, fit_slice, train_detector
     from anomaly_assets.core.features import build_device_features
 
     started = time.perf_counter()
     telemetry = pd.read_parquet(workdir / "training.parquet")
     spec = _spec()
     features = build_device_features(telemetry, spec)
-    stats = fit_cohort_stats(features, spec.metrics, spec.cohort_columns)
-    base = fit_baselines(features, spec.metrics, spec.cohort_columns)
+    fit_rows = fit_slice(features)  # as the training assets fit them
+    stats = fit_cohort_stats(fit_rows, spec.metrics, spec.cohort_columns)
+    base = fit_baselines(fit_rows, spec.metrics, spec.cohort_columns)
     model, _ = train_detector(features, stats, base, spec, DetectorConfig())
     seconds = time.perf_counter() - started
     pd.to_pickle(model, workdir / "model.pkl")
@@ -129,19 +130,19 @@ def _process_chunk(model: FleetAnomalyModel, contract, chunk: str, scored_path: 
 
     clock = time.perf_counter()
     cohorts = model.cohorts(features)  # as FleetAnomalyModel.score, the asset's call, shares them
-    matrix = model.model_matrix(features, cohorts)
+    inputs = model.model_inputs(features, cohorts)  # the forest's matrix and the device matrix
     seconds["cohort_features"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    scores = model.raw_scores(matrix)
+    scores = model.raw_scores(inputs)  # every ensemble member, fused
     seconds["score"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    scored = model.score_from(features, matrix, scores, cohorts).assign(
+    scored = model.score_from(features, inputs, scores, cohorts).assign(
         model_name="bench", model_version="1", partition_date=DAY.isoformat()
     )
     seconds["explain"] = time.perf_counter() - clock
-    del features, matrix, cohorts
+    del features, inputs, cohorts
 
     clock = time.perf_counter()
     scored.to_parquet(scored_path, index=False)
@@ -301,14 +302,23 @@ def run_reference(workdir: Path, chunks: list[str], max_devices: int) -> dict:
     clock = time.perf_counter()
     # Cohort z-scores and baselines as DataFrames concatenated column-wise, then the model's columns
     # selected and imputed: the pandas way (the compiled path writes the row-major matrix directly).
-    from anomaly_assets.core.detector import _model_frame
+    from anomaly_assets.core.ensemble import level_columns, robust_z_scores
+    from anomaly_assets.core.model import _model_frame
 
     values = _model_frame(features, spec, model.cohort_stats, model.baselines)[model.feature_columns].to_numpy(dtype=np.float64)
     matrix = np.where(np.isnan(values), model.medians[None, :], values)
+
+    device = model.model_inputs(features).device  # the ensemble's device matrix, as the fast path builds it
     seconds["cohort_features"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    scores = -model.forest.score_samples(matrix)
+    # scikit-learn's forest for the forest member; the other members and the fusion as the model has them.
+    members = {
+        "forest": lambda: -model.forest.score_samples(matrix),
+        "reconstruction": lambda: model.reconstruction.scores(device),
+        "robust_z": lambda: robust_z_scores(device, level_columns(model.device_columns)),
+    }
+    scores = model.fusion.fuse(np.column_stack([members[m]() for m in model.members]))
     seconds["score"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -114,19 +115,64 @@ def _model_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _results_store():
+    """The results database of this environment (ANOMALY_ASSETS_RESULTS_URL in production)."""
+    from anomaly_assets.resources.results_store import ResultsStore, production_results_store
+
+    settings = Settings.from_env()
+    if settings.environment == "production":
+        return production_results_store()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return ResultsStore(url=settings.results_url)
+
+
 def _model_promote(args: argparse.Namespace) -> int:
-    version = str(args.version)
-    entry = _registry().promote(version, reason=args.reason, actor="cli", force=args.force)
+    from anomaly_assets import audit
+    from anomaly_assets.core.audit import cli_actor
+
+    version, actor = str(args.version), cli_actor()
+    entry = _registry().promote(version, reason=args.reason, actor=actor.label(), force=args.force)
     if entry is None:
         _print(args, {"version": version, "changed": False}, f"version {version} is champion already: nothing changed")
         return 0
+    audit.record_champion_change(_results_store(), actor, entry)
     _print(args, {**entry, "changed": True}, f"champion: version {entry['previous'] or '-'} -> {entry['version']}")
     return 0
 
 
 def _model_rollback(args: argparse.Namespace) -> int:
-    entry = _registry().rollback(reason=args.reason, actor="cli")
+    from anomaly_assets import audit
+    from anomaly_assets.core.audit import cli_actor
+
+    actor = cli_actor()
+    entry = _registry().rollback(reason=args.reason, actor=actor.label())
+    audit.record_champion_change(_results_store(), actor, entry)
     _print(args, entry, f"champion rolled back: version {entry['previous']} -> {entry['version']}")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from anomaly_assets import audit
+    from anomaly_assets.core.audit import format_entries
+
+    rows = audit.entries(_results_store(), action=args.action, limit=args.limit)
+    _print(args, rows, format_entries(rows))
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from anomaly_assets.resources.results_store import schema_revision, upgrade_schema
+
+    store = _results_store()
+    engine = sa.create_engine(store.url)
+    before = schema_revision(engine)
+    upgrade_schema(engine)
+    after = schema_revision(engine)
+    engine.dispose()
+    where = sa.make_url(store.url).render_as_string(hide_password=True)
+    print(f"results database {where}: " + (f"migrated {before or 'empty'} -> {after}" if before != after else f"at {after} already"))
     return 0
 
 
@@ -167,9 +213,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         frame = read_long(args.input)
     scope = args.model_scope or ("device" if args.format == "smd" else "fleet")
     quiet = args.json
+    detector = EvaluationConfig().detector
+    members = tuple(m.strip() for m in (args.members or "").split(",") if m.strip()) or detector.members
+    unknown = sorted(set(members) - set(detector.members))
+    if unknown:
+        raise ValueError(f"--members: unknown member(s) {unknown}; known: {','.join(detector.members)}")
+    if args.alert_budget is not None:
+        detector = dataclasses.replace(detector, alert_budget=args.alert_budget)
     report = evaluate(
         frame,
-        EvaluationConfig(cohort_columns=cohorts, model_scope=scope),
+        EvaluationConfig(cohort_columns=cohorts, model_scope=scope, detector=dataclasses.replace(detector, members=members)),
         progress=(lambda _m: None) if quiet else lambda m: print(m, file=sys.stderr, flush=True),
     )
     if args.scores_out:
@@ -230,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate",
         help="backtest the pipeline on a labelled file, next to a plain IsolationForest on the raw metrics",
-        description="Run the assets' pipeline (features, cohort stats, baselines, detector) on a labelled "
+        description="Run the assets' pipeline (features at the file's sampling interval, cohort stats, baselines, "
+        "the detector ensemble) on a labelled "
         "long-format file (device_id, timestamp, optional split train/test, label 0/1, optional cohort "
         "columns; every other numeric column is a metric) and report per device and overall AUC-ROC, AUC-PR, "
         "event-level F1 without point adjustment (at the pipeline's threshold and at the best threshold) and "
@@ -248,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="one model for all devices (fleet, default for long) or one per device (device, default for smd)",
     )
     evaluate.add_argument("--scores-out", help="write device_id, timestamp, score, is_anomaly, label of the test rows (CSV or .parquet)")
+    evaluate.add_argument(
+        "--members",
+        help="comma-separated ensemble members to fuse (default all: forest,reconstruction,robust_z); one name "
+        "measures that member alone",
+    )
+    evaluate.add_argument(
+        "--alert-budget", type=float, help="alert events per device per day the threshold allows (default 0.1)"
+    )
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -284,6 +346,27 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--json", action="store_true", help="print as JSON")
     rollback.set_defaults(handler=_model_rollback)
 
+    audit = commands.add_parser(
+        "audit",
+        help="who changed the champion, ran retention or changed the alert channels, when and why",
+        description="The audit trail in the results database, oldest first: every champion change (gate, "
+        "first version, CLI, promote/rollback jobs), every retention run that was not a dry run, every "
+        "change of the alert channels configuration.",
+    )
+    audit.add_argument("--action", help="only actions starting with this, e.g. champion, retention.run, alert_channels")
+    audit.add_argument("--limit", type=int, default=200, help="the newest N entries (default 200)")
+    audit.add_argument("--json", action="store_true", help="print as JSON")
+    audit.set_defaults(handler=_audit)
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="bring the results database to the newest schema (run it as the database's owner role)",
+        description="Apply the results database's Alembic migrations. In production the services connect "
+        "with roles that may not create or alter tables: run this with ANOMALY_ASSETS_RESULTS_URL naming "
+        "the owner role (docker-compose's `migrate` service does) before starting them.",
+    )
+    migrate.set_defaults(handler=_migrate)
+
     explore = commands.add_parser(
         "explore",
         help="serve the anomaly explorer: incidents, devices, days and the quarantine in a browser",
@@ -307,6 +390,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except (ValueError, LookupError, FileNotFoundError, RuntimeError) as error:
         print(f"anomaly-assets {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # an MLflow call outside the registry's own error handling
+        from anomaly_assets.redaction import redact
+        from anomaly_assets.resources.mlflow_auth import auth_failure
+
+        refused = auth_failure(error, redact(os.environ.get("MLFLOW_TRACKING_URI", "the tracking server")))
+        if refused is None:
+            raise
+        print(f"anomaly-assets {args.command}: error: {refused}", file=sys.stderr)
         return 2
 
 

@@ -25,7 +25,7 @@ class Settings:
     fleet_devices: int = 200
     fleet_seed: int = 7
     fleet_shift_offset_days: int | None = None  # synthetic fleet-wide firmware shift (exercises drift)
-    scoring_cron: str = "0 2 * * *"  # daily: score yesterday
+    scoring_time: dt.time = dt.time(2, 0)  # ANOMALY_ASSETS_SCORING_TIME (UTC): the daily run scores yesterday
     retraining_cron: str = "0 4 * * 1"  # weekly: train, register, gate
     drift_min_features: int = 3  # K: drifted features that make a partition drifted
     drift_consecutive_partitions: int = 2  # M: drifted partitions in a row that request retraining
@@ -78,7 +78,7 @@ class Settings:
             fleet_shift_offset_days=(
                 int(env["ANOMALY_ASSETS_FLEET_SHIFT_OFFSET_DAYS"]) if env.get("ANOMALY_ASSETS_FLEET_SHIFT_OFFSET_DAYS") else None
             ),
-            scoring_cron=env.get("ANOMALY_ASSETS_SCORING_CRON", defaults.scoring_cron),
+            scoring_time=_time_of_day(env),
             retraining_cron=env.get("ANOMALY_ASSETS_RETRAINING_CRON", defaults.retraining_cron),
             drift_min_features=int(env.get("ANOMALY_ASSETS_DRIFT_MIN_FEATURES", defaults.drift_min_features)),
             drift_consecutive_partitions=int(
@@ -151,3 +151,19 @@ def export_to_environment(settings: Settings) -> None:
             "DAGSTER_HOME": str(settings.dagster_home),
         }
     )
+
+
+def _time_of_day(env) -> dt.time:
+    """ANOMALY_ASSETS_SCORING_TIME as HH:MM (UTC). The daily run follows the daily partitions, so
+    only its time of day is a setting; the old ANOMALY_ASSETS_SCORING_CRON is refused by name."""
+    if env.get("ANOMALY_ASSETS_SCORING_CRON"):
+        raise ValueError(
+            "ANOMALY_ASSETS_SCORING_CRON is no longer read: the daily run scores each day once, after it ends; "
+            "set its time of day instead, e.g. ANOMALY_ASSETS_SCORING_TIME=02:00 (UTC)"
+        )
+    text = env.get("ANOMALY_ASSETS_SCORING_TIME", "02:00").strip()
+    try:
+        hour, minute = (int(part) for part in text.split(":"))
+        return dt.time(hour, minute)
+    except ValueError:
+        raise ValueError(f"ANOMALY_ASSETS_SCORING_TIME must be HH:MM (UTC), e.g. 02:00; got {text!r}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -111,3 +112,40 @@ def postgres_databases():
 @pytest.fixture
 def postgres_database(postgres_databases) -> str:
     return postgres_databases()
+
+
+@contextlib.contextmanager
+def provisioned_roles():
+    """deploy/postgres-init.sh run against the local server with a unique prefix: the stack's
+    databases and its role per service. Yields ``url(role, database)``; drops everything after."""
+    import shutil
+    import subprocess
+    import uuid
+
+    import sqlalchemy as sa
+
+    require_service(postgres_available(), "PostgreSQL is not reachable on 127.0.0.1:5432 (user postgres)")
+    require_service(shutil.which("psql") is not None, "psql (PostgreSQL's client) is not installed")
+    prefix = f"t{uuid.uuid4().hex[:8]}_"
+    admin_url = sa.make_url(postgres_url())
+    env = {
+        **os.environ,
+        "PGHOST": admin_url.host or "127.0.0.1",
+        "POSTGRES_USER": admin_url.username or "postgres",
+        "ANOMALY_ASSETS_PG_PREFIX": prefix,
+        **{f"{name}_PASSWORD": f"pw-{uuid.uuid4().hex[:10]}" for name in
+           ("DAGSTER_DB", "MLFLOW_DB", "RESULTS_OWNER", "RESULTS_WRITER", "RESULTS_READER")},
+    }  # fmt: skip
+    admin = sa.create_engine(postgres_url(), isolation_level="AUTOCOMMIT")
+    try:
+        script = Path(__file__).resolve().parents[1] / "deploy" / "postgres-init.sh"
+        result = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        yield lambda role, database: str(sa.make_url(postgres_url(prefix + database)).set(username=prefix + role))
+    finally:
+        with admin.connect() as connection:
+            for database in ("dagster", "mlflow", "results"):
+                connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{prefix}{database}" WITH (FORCE)'))
+            for role in ("dagster", "mlflow", "results_owner", "results_writer", "results_reader"):
+                connection.execute(sa.text(f'DROP ROLE IF EXISTS "{prefix}{role}"'))
+        admin.dispose()

@@ -14,7 +14,7 @@ import pytest
 from anomaly_assets.core.drift import drift_streak_end, feature_drift, fit_drift_reference
 from anomaly_assets.definitions import build_definitions
 from anomaly_assets.defs.monitoring.sensors import drift_retraining_sensor
-from anomaly_assets.defs.schedules import daily_scoring_schedule, weekly_retraining_schedule
+from anomaly_assets.defs.schedules import weekly_retraining_schedule
 from anomaly_assets.demo import run_demo
 from anomaly_assets.settings import Settings
 
@@ -78,6 +78,10 @@ def test_feature_drift_finds_the_firmware_shift_in_the_scored_days(drifting_home
     assert set(counts) == set(SCORED_DAYS)
     for day in SCORED_DAYS:
         assert "memory_used_pct" in counts[day], (day, counts[day])
+    # The demo scores the days in one run; the drift check's result is stored for each of them.
+    key = dg.AssetCheckKey(dg.AssetKey("feature_drift"), "no_feature_drift")
+    history = instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
+    assert {r.partition: r.status.value for r in history} == dict.fromkeys(SCORED_DAYS, "FAILED")
 
 
 def test_sensor_stays_quiet_without_drift_then_fires_once_then_cools_down(drifting_home, defs):
@@ -122,12 +126,23 @@ def test_sensor_stays_quiet_without_drift_then_fires_once_then_cools_down(drifti
     assert json.loads(idle.cursor)["drifted"]["2026-11-10"] >= 3  # the streak is remembered, not re-read
 
 
-def test_schedules_request_yesterdays_partition():
-    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 20, 2, 0, tzinfo=dt.UTC))
-    scoring = daily_scoring_schedule(context)
-    assert scoring.partition_key == "2026-11-19" and scoring.run_key == "scoring-2026-11-19"
-    retraining = weekly_retraining_schedule(context)
-    assert retraining.partition_key == "2026-11-19"
+def test_schedules_request_the_last_complete_day(tmp_path, restore_environ):
+    """The daily run is Dagster's schedule for the partitioned scoring_job (one run per day, at
+    ANOMALY_ASSETS_SCORING_TIME); the weekly retraining asks the partitions for the last complete day."""
+    defs = build_definitions(Settings(home=tmp_path / "home"))
+    daily = defs.resolve_schedule_def("daily_scoring_schedule")
+    assert (daily.cron_schedule, daily.execution_timezone, daily.job_name) == ("0 2 * * *", "UTC", "scoring_job")
+    context = dg.build_schedule_context(
+        scheduled_execution_time=dt.datetime(2026, 11, 20, 2, 0, tzinfo=dt.UTC), repository_def=defs.get_repository_def()
+    )
+    [scoring] = daily.evaluate_tick(context).run_requests
+    assert scoring.partition_key == "2026-11-19"
+    [retraining] = weekly_retraining_schedule.evaluate_tick(context).run_requests
+    assert retraining.partition_key == "2026-11-19" and retraining.run_key == "retraining-2026-11-19"
+    before = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 1, 4, 0, tzinfo=dt.UTC))
+    assert not weekly_retraining_schedule.evaluate_tick(before).run_requests  # no day has ended yet
+    with pytest.raises(ValueError, match="ANOMALY_ASSETS_SCORING_TIME"):
+        Settings.from_env({"ANOMALY_ASSETS_SCORING_CRON": "* * * * *"})
 
 
 def test_a_backfill_range_is_one_run_that_materializes_every_partition_exactly_once(tmp_path, restore_environ):

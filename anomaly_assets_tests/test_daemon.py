@@ -4,6 +4,7 @@ all succeed, and the daemon stops cleanly."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -32,12 +33,16 @@ def test_daemon_runs_schedule_and_drift_sensor(tmp_path):
         "ANOMALY_ASSETS_FLEET_DEVICES": "20",
         "ANOMALY_ASSETS_FLEET_SEED": "5",
         "ANOMALY_ASSETS_FLEET_SHIFT_OFFSET_DAYS": "7",
-        "ANOMALY_ASSETS_SCORING_CRON": "* * * * *",  # every minute, so the test sees a tick
         "ANOMALY_ASSETS_DRIFT_SENSOR_INTERVAL_SECONDS": "5",
     }
     # Ten days with a firmware shift from day 8: scoring days 8-10 drift.
     _run([str(BIN / "anomaly-assets"), "demo", "--devices", "20", "--seed", "5", "--fleet-shift-day", "7",
           "--home", str(home), "--json"], env)
+    # The daily run is Dagster's schedule for the partitioned scoring_job: it ticks once a day at
+    # ANOMALY_ASSETS_SCORING_TIME. Set it to a minute that lies ahead once the daemon is up (a
+    # tick the daemon reaches late is still run: Dagster catches up on ticks missed since the start).
+    tick = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=120)).replace(second=0, microsecond=0)
+    env["ANOMALY_ASSETS_SCORING_TIME"] = f"{tick:%H:%M}"
     for kind, name in (
         ("schedule", "daily_scoring_schedule"),
         ("sensor", "drift_retraining_sensor"),
@@ -71,6 +76,11 @@ def test_daemon_runs_schedule_and_drift_sensor(tmp_path):
         # The scheduled day's scores bring its incidents and deliveries, by themselves.
         scoring = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/schedule_name": "daily_scoring_schedule"}))[-1]
         day = scoring.tags["dagster/partition"]
+        assert day == (tick - dt.timedelta(days=1)).date().isoformat()  # the last complete day at the tick
+        assert any(
+            e.asset_materialization and e.run_id == scoring.run_id
+            for e in instance.fetch_materializations(dg.AssetKey("device_inventory"), limit=10).records
+        )  # the daily run reads the inventory again
         while time.monotonic() < deadline + 240:
             events = [
                 e for e in instance.fetch_materializations(dg.AssetKey("alert_deliveries"), limit=50).records

@@ -47,6 +47,10 @@ def test_definitions_load(tmp_path):
     assert dg.AssetKey("champion_model") in graph.get(dg.AssetKey("scored_anomalies")).parent_keys
     assert dg.AssetKey("champion_model") in graph.get(dg.AssetKey("feature_drift")).parent_keys
     assert dg.AssetKey("device_incidents") in graph.get(dg.AssetKey("device_incidents")).parent_keys
+    # the inventory's cohort attributes are joined by validation; raw_telemetry stays as delivered
+    assert graph.get(dg.AssetKey("validated_telemetry")).parent_keys == {dg.AssetKey("raw_telemetry"), dg.AssetKey("device_inventory")}
+    assert not graph.get(dg.AssetKey("raw_telemetry")).parent_keys
+    assert {"device_inventory", "raw_telemetry"} <= {k.to_user_string() for k in defs.resolve_job_def("scoring_job").asset_layer.executable_asset_keys}
     # honest code versions: the package version and, in a checkout, the commit
     from anomaly_assets.version import code_version
 

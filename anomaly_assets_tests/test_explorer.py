@@ -45,7 +45,7 @@ def home(tmp_path_factory):
     saved = dict(os.environ)
     home = tmp_path_factory.mktemp("explorer") / "home"
     # 9 days: 7 to train, then 2026-11-08 and the regression day scored, incidents and alerts.
-    assert main(["demo", "--devices", "30", "--days", "9", "--seed", "5", "--home", str(home), "--json"]) == 0
+    assert main(["demo", "--devices", "30", "--days", "9", "--seed", "6", "--home", str(home), "--json"]) == 0
     store = ResultsStore(url=f"sqlite:///{home / 'results.db'}")
     # The synthetic fleet delivers clean rows; two quarantined rows as validated_telemetry writes them.
     store.replace_partitions(quarantined_telemetry, [REGRESSION_DAY], pd.DataFrame({
@@ -114,7 +114,7 @@ def test_incident_filters_and_the_regressions_cohort_incident(client, store):
 
 def test_device_page_marks_the_rows_anomaly_events_holds(client, store):
     worst = store.read_frame(
-        "SELECT device_id FROM device_daily_summary WHERE partition_date = :d ORDER BY max_severity DESC LIMIT 1",
+        "SELECT device_id FROM device_daily_summary WHERE partition_date = :d ORDER BY anomalies DESC, device_id LIMIT 1",
         {"d": REGRESSION_DAY},
     )["device_id"].iloc[0]
     response = client.get(links.device_page("", worst, day=REGRESSION_DAY))
@@ -125,13 +125,43 @@ def test_device_page_marks_the_rows_anomaly_events_holds(client, store):
     assert [pd.Timestamp(x) for x in score_marks[0]["x"]] == _flagged_rows(store, worst, REGRESSION_DAY)
     metric_panels = [t for t in figure["data"] if t.get("yaxis") and t["name"] != ANOMALY_TRACE and t["mode"] == "lines"]
     assert len(metric_panels) == 11  # every metric of the synthetic fleet, over the day's 288 rows
-    assert all(len(t["x"]) == 288 for t in metric_panels)
+    # the day's rows, at most 288 (a quarantined row, or a metric the device did not report in a
+    # row, such as a dropout, has no point there)
+    assert 280 <= max(len(t["x"]) for t in metric_panels) <= 288 and all(len(t["x"]) > 200 for t in metric_panels)
     html = response.data.decode()
     top = store.read_frame(
         "SELECT top_feature_1 FROM anomaly_events WHERE device_id = :d AND partition_date = :p", {"d": worst, "p": REGRESSION_DAY}
     )["top_feature_1"].value_counts().index[0]
     assert describe_feature(top).replace("'", "&#39;") in html  # top features in words
     assert "synthetic fleet: injected fault" in html
+
+
+def test_device_page_shows_the_range_the_user_chooses_up_to_the_cap(client, store):
+    from anomaly_assets.explorer.app import MAX_DEVICE_DAYS
+
+    worst = store.read_frame(
+        "SELECT device_id FROM device_daily_summary WHERE partition_date = :d ORDER BY max_severity DESC LIMIT 1",
+        {"d": REGRESSION_DAY},
+    )["device_id"].iloc[0]
+    # A week: the metrics of every day (the training days have features, no scores), the marks of both scored days.
+    week = client.get(f"/devices/{worst}?from=2026-11-03&day={REGRESSION_DAY}")
+    figure = _figure(week.data, "device-plot")
+    metric_panels = [t for t in figure["data"] if t.get("yaxis") and t["name"] != ANOMALY_TRACE and t["mode"] == "lines"]
+    week_days = {str(d.date()) for d in pd.date_range("2026-11-03", REGRESSION_DAY)}
+    assert len(metric_panels) == 11 and all({x[:10] for x in t["x"]} == week_days for t in metric_panels)
+    [marks] = [t["x"] for t in figure["data"] if t["name"] == ANOMALY_TRACE and "yaxis" not in t]
+    assert [pd.Timestamp(x) for x in marks] == _flagged_rows(store, worst, "2026-11-08") + _flagged_rows(store, worst, REGRESSION_DAY)
+    html = week.data.decode()
+    assert f'href="?from=2026-11-03&day={REGRESSION_DAY}" class="current">7 days</a>' in html  # the quick choices
+    assert 'id="range-shortened"' not in html
+    # Longer than the cap: the page says so and shows the last MAX_DEVICE_DAYS days (here all 9 stored).
+    html = client.get(f"/devices/{worst}?from=2026-09-01&day={REGRESSION_DAY}").data.decode()
+    assert 'id="range-shortened"' in html and f"at most {MAX_DEVICE_DAYS} days" in html
+    assert f'<input type="date" name="from" value="{(pd.Timestamp(REGRESSION_DAY) - pd.Timedelta(days=MAX_DEVICE_DAYS - 1)).date()}">' in html
+    figure = _figure(html.encode(), "device-plot")
+    stored_days = {str(d.date()) for d in pd.date_range("2026-11-01", REGRESSION_DAY)}
+    assert all({x[:10] for x in t["x"]} == stored_days for t in figure["data"] if t.get("yaxis") and t["mode"] == "lines")
+    assert "No partition files for 2026-10-" in html  # the days before the first partition
 
 
 def test_token_guards_every_page(home, store):

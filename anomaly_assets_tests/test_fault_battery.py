@@ -29,6 +29,7 @@ import sqlalchemy as sa
 
 from anomaly_assets.core import generator
 from anomaly_assets.defs.ingestion.assets import FAMILY_CHECKS, raw_telemetry, validated_telemetry
+from anomaly_assets.defs.inventory.assets import device_inventory
 from anomaly_assets.resources import PartitionedParquetIOManager, ResultsStore
 from anomaly_assets.resources.sources import (
     ColumnMapping,
@@ -185,7 +186,7 @@ def deliver(kind: str, frame: pd.DataFrame, tmp_path: Path, postgres_url: str | 
 def materialize(tmp_path: Path, source, instance: dg.DagsterInstance | None = None) -> tuple[dg.ExecuteInProcessResult, ResultsStore]:
     store = ResultsStore(url=f"sqlite:///{tmp_path}/results.db")
     result = dg.materialize(
-        [raw_telemetry, validated_telemetry],
+        [device_inventory, raw_telemetry, validated_telemetry],
         partition_key=PARTITION,
         instance=instance,
         raise_on_error=False,

@@ -91,7 +91,9 @@ def test_pyfunc_champion_scores_raw_telemetry_exactly_like_scored_anomalies(home
     scored = pd.read_parquet(home / "parquet" / "scored_anomalies" / "2026-11-08.parquet")
     assert len(predicted) == len(scored) > 0
     pd.testing.assert_series_equal(predicted["device_id"], scored["device_id"], check_dtype=False)
-    np.testing.assert_allclose(predicted["score"], scored["score"], rtol=0, atol=1e-12)
+    # Equal up to the last bits: the reconstruction member's matrix product (BLAS) may round a
+    # row differently with the batch it is in (a chunk of devices here, two days there).
+    np.testing.assert_allclose(predicted["score"], scored["score"], rtol=1e-9, atol=1e-12)
     assert (predicted["is_anomaly"].to_numpy() == scored["is_anomaly"].to_numpy()).all()
     assert (predicted["top_feature_1"].to_numpy() == scored["top_feature_1"].to_numpy()).all()
 

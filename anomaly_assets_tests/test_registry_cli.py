@@ -72,7 +72,8 @@ def test_promoting_the_champion_is_a_no_op_that_says_so(registry, capsys):
     assert registry.champion_history() == history
 
 
-def test_rollback_removes_the_demoted_versions_champion_since_and_tags_each_change(registry, capsys):
+def test_rollback_removes_the_demoted_versions_champion_since_and_tags_each_change(registry, capsys, monkeypatch):
+    monkeypatch.setenv("ANOMALY_ASSETS_ACTOR", "ops-oncall")
     assert main(["model", "promote", "--version", "3"]) == 0
     client = registry.client()
     assert "champion_since" not in client.get_model_version(registry.model_name, "1").tags
@@ -84,11 +85,13 @@ def test_rollback_removes_the_demoted_versions_champion_since_and_tags_each_chan
     changes = [tags[k] for k in sorted(tags) if k.startswith(CHAMPION_CHANGE_TAG)]
     assert len(changes) == 3
     assert "promote version - -> 1 by test: first trained version" in changes[0]
-    assert "rollback version 3 -> 1 by cli: manual rollback" in changes[2]
+    assert "rollback version 3 -> 1 by ops-oncall (cli): manual rollback" in changes[2]
 
 
 def test_registry_jobs_fail_with_a_clear_description(registry):
-    resources = {"model_registry": registry}
+    from anomaly_assets.resources.results_store import ResultsStore
+
+    resources = {"model_registry": registry, "results_store": ResultsStore(url=Settings.from_env().results_url)}
     rollback = rollback_model_job.execute_in_process(resources=resources, raise_on_error=False)
     assert not rollback.success
     failure = rollback.failure_data_for_node("rollback_model")

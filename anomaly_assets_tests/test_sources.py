@@ -244,6 +244,22 @@ def test_inventory_join_and_skip_paths(tmp_path: Path):
     assert "127.0.0.1" in metadata["warning"] and SECRET not in metadata["warning"]
 
 
+def test_a_delivered_attribute_survives_validation_and_the_inventory_fills_the_rest():
+    from anomaly_assets.core.contract import load_contract
+    from anomaly_assets.core.inventory import contract_knowing
+    from anomaly_assets.core import generator
+
+    day = generator.generate_day(generator.FleetConfig(n_devices=3, device_fault_rate=0.0), pd.Timestamp("2026-11-02").date())
+    day["site"] = np.where(day["device_id"] == "dev-000001", "Bergen", None)
+    contract = contract_knowing(load_contract(), ["site", "model"])
+    assert contract.optional_columns[-1] == "site" and contract.cohort_columns == load_contract().cohort_columns
+    result = validate_telemetry(day, contract, pd.Timestamp("2026-11-02", tz="UTC"), pd.Timestamp("2026-11-03", tz="UTC"))
+    assert "site" in result.valid and not result.unknown_columns and len(result.quarantined) == 0
+    inventory = pd.DataFrame({"device_id": ["dev-000000", "dev-000001"], "site": ["Lyon", "Oslo"]})
+    joined, _ = join_inventory(result.valid, inventory, ["site"])
+    assert joined.groupby("device_id")["site"].first().to_dict() == {"dev-000000": "Lyon", "dev-000001": "Bergen", "dev-000002": "unknown"}
+
+
 def test_build_resources_selects_sql_source_from_env(tmp_path: Path, monkeypatch):
     from anomaly_assets.resources import build_resources
     from anomaly_assets.settings import Settings
@@ -280,33 +296,65 @@ def test_device_inventory_asset_skips_with_warning_when_not_configured(tmp_path:
     assert "not configured" in metadata["warning"].value and metadata["dagster/row_count"].value == 0
 
 
-def test_raw_telemetry_takes_cohort_attributes_from_the_inventory(tmp_path: Path):
-    """A configured inventory overrides nothing the telemetry has, and fills what it lacks."""
+def test_inventory_attributes_reach_the_features_as_cohort_columns(tmp_path: Path):
+    """device_inventory is upstream of validated_telemetry, which joins its named attributes onto
+    the valid rows: raw_telemetry stays as delivered, validation counts and quarantines as before,
+    and the features (and their cohorts) carry the attributes."""
     import dagster as dg
-    import sqlalchemy as sa
 
-    from anomaly_assets.defs.ingestion.assets import raw_telemetry
-    from anomaly_assets.resources import PartitionedParquetIOManager, SyntheticFleetSource
-    from anomaly_assets.resources.sources import InventorySource
+    from anomaly_assets.core.cohorts import cohort_keys
+    from anomaly_assets.defs.features.assets import device_features, feature_spec
+    from anomaly_assets.defs.ingestion.assets import raw_telemetry, validated_telemetry
+    from anomaly_assets.defs.inventory.assets import device_inventory
+    from anomaly_assets.resources import PartitionedParquetIOManager, ResultsStore, SyntheticFleetSource
 
     url = f"sqlite:///{tmp_path}/inventory.db"
-    pd.DataFrame({"device_id": ["dev-000000", "dev-000001"], "site": ["Lyon", "Oslo"]}).to_sql(
-        "devices", sa.create_engine(url), index=False
-    )
+    engine = sa.create_engine(url)
+    pd.DataFrame(
+        {"device_id": ["dev-000000", "dev-000001"], "site_code": ["Lyon", "Oslo"], "fw": ["4.2.1", "4.3.0"], "serial": ["S1", "S2"]}
+    ).to_sql("devices", engine, index=False)
+    engine.dispose()
     resources = {
         "telemetry_source": SyntheticFleetSource(n_devices=3),
         "io_manager": PartitionedParquetIOManager(base_path=str(tmp_path / "parquet")),
-        "inventory_source": InventorySource(url=url, columns={"site": "site"}),
+        "results_store": ResultsStore(url=f"sqlite:///{tmp_path}/results.db"),
+        "inventory_source": InventorySource(url=url, columns={"site": "site_code", "firmware": "fw"}),
     }
-    result = dg.materialize([raw_telemetry], partition_key="2026-11-02", resources=resources)
-    frame = pd.read_parquet(tmp_path / "parquet" / "raw_telemetry" / "2026-11-02.parquet")
-    sites = frame.groupby("device_id")["site"].first().to_dict()
-    assert sites == {"dev-000000": "Lyon", "dev-000001": "Oslo", "dev-000002": "unknown"}
-    metadata = result.get_asset_materialization_events()[0].materialization.metadata["inventory"].value
-    assert metadata["inventory_joined"] is True and metadata["devices_missing_from_inventory"] == 1
+    chain = [device_inventory, raw_telemetry, validated_telemetry, device_features]
+    result = dg.materialize(chain, partition_key="2026-11-02", resources=resources)
+    stored = lambda asset: pd.read_parquet(tmp_path / "parquet" / asset / "2026-11-02.parquet")  # noqa: E731
+    raw, valid, features = stored("raw_telemetry"), stored("validated_telemetry"), stored("device_features")
+    assert "site" not in raw and "firmware" not in raw  # raw_telemetry: as delivered
+    assert len(valid) == len(raw)  # nothing quarantined, nothing added or lost by the join
+    for frame in (valid, features):
+        attributes = frame.groupby("device_id")[["site", "firmware"]].first().to_dict("index")
+        assert attributes == {
+            "dev-000000": {"site": "Lyon", "firmware": "4.2.1"},
+            "dev-000001": {"site": "Oslo", "firmware": "4.3.0"},
+            "dev-000002": {"site": "unknown", "firmware": "unknown"},
+        }
+        assert "serial" not in frame  # only the named attributes
+    spec = feature_spec(resources["telemetry_source"], resources["inventory_source"])
+    assert spec.cohort_columns == ("manufacturer", "model", "os_version", "site", "firmware")
+    first = features.loc[features["device_id"] == "dev-000000"].head(1)
+    assert cohort_keys(first, spec.cohort_columns).item().endswith("|Lyon|4.2.1")
+    metadata = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    assert metadata["validated_telemetry"]["inventory"].value == {
+        "joined": True, "cohort_attributes": ["site", "firmware"], "inventory_devices": 2, "devices_not_in_inventory": 1
+    }
+    assert metadata["device_features"]["feature_spec_hash"].value == spec.hash
+    assert all(c.passed for c in result.get_asset_check_evaluations())
 
-    # Unreachable inventory: enrichment skipped with a warning, the partition still materializes.
-    resources["inventory_source"] = InventorySource(url=f"sqlite:///{tmp_path}/missing/nowhere.db")
-    result = dg.materialize([raw_telemetry], partition_key="2026-11-03", resources=resources)
-    metadata = result.get_asset_materialization_events()[0].materialization.metadata["inventory"].value
-    assert metadata["enriched"] is False and "unreachable" in metadata["warning"]
+    # Unreachable inventory: it materializes empty with a warning, and the day is still validated
+    # and featurized, with the attributes unknown.
+    resources["inventory_source"] = InventorySource(url=f"sqlite:///{tmp_path}/missing/nowhere.db", columns={"site": "site"})
+    result = dg.materialize(chain[:3], partition_key="2026-11-03", resources=resources)
+    inventory = result.asset_materializations_for_node("device_inventory")[0].metadata
+    assert inventory["enriched"].value is False and "unreachable" in inventory["warning"].value
+    assert set(pd.read_parquet(tmp_path / "parquet" / "validated_telemetry" / "2026-11-03.parquet")["site"]) == {"unknown"}
+
+    # Named attributes are required: a fleet table's every column would otherwise become a cohort.
+    with pytest.raises(ValueError, match="ANOMALY_ASSETS_INVENTORY_COLUMNS"):
+        InventorySource(url=url).cohort_attributes()
+
+

@@ -126,7 +126,7 @@ def test_migrations_match_the_table_definitions(tmp_path):
     with store.engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), metadata)
     assert differences == []
-    assert store.read_frame("SELECT version_num FROM alembic_version")["version_num"].tolist() == ["0002"]
+    assert store.read_frame("SELECT version_num FROM alembic_version")["version_num"].tolist() == ["0003"]
 
 
 def test_bulk_insert_stores_what_sqlalchemy_core_stores(tmp_path):

@@ -21,6 +21,7 @@ from anomaly_assets.core import generator
 from anomaly_assets.core.contract import TelemetryContract, load_contract
 from anomaly_assets.defs.features.assets import device_features
 from anomaly_assets.defs.ingestion.assets import FAMILY_CHECKS, raw_telemetry, validated_telemetry
+from anomaly_assets.defs.inventory.assets import device_inventory
 from anomaly_assets.resources import PartitionedParquetIOManager, ResultsStore, TelemetrySource
 from anomaly_assets.resources.results_store import quarantined_telemetry
 
@@ -92,7 +93,7 @@ def run(tmp_path, kind: str, assets=(raw_telemetry, validated_telemetry), run_co
         "inventory_source": InventorySource(),  # not configured: enrichment skipped
     }
     result = dg.materialize(
-        list(assets), partition_key=PARTITION, resources=resources, raise_on_error=False, run_config=run_config
+        [device_inventory, *assets], partition_key=PARTITION, resources=resources, raise_on_error=False, run_config=run_config
     )
     return result, resources["results_store"]
 
@@ -260,7 +261,7 @@ def run_range(tmp_path, frame: pd.DataFrame):
         "inventory_source": InventorySource(),  # not configured: enrichment skipped
     }
     tags = {"dagster/asset_partition_range_start": "2026-11-02", "dagster/asset_partition_range_end": "2026-11-03"}
-    result = dg.materialize([raw_telemetry, validated_telemetry], resources=resources, tags=tags)
+    result = dg.materialize([device_inventory, raw_telemetry, validated_telemetry], resources=resources, tags=tags)
     return result, resources["results_store"]
 
 
@@ -278,6 +279,15 @@ def test_a_range_run_validates_and_quarantines_each_day_on_its_own(tmp_path):
     assert metadata["2026-11-03"]["quarantined_rows"].value == 1
     for day, expected in (("2026-11-02", len(clean_frame())), ("2026-11-03", len(second) - 1)):
         assert len(pd.read_parquet(tmp_path / "parquet" / "validated_telemetry" / f"{day}.parquet")) == expected
+    # Each check's result is recorded per day, naming its partition (not one result for the range).
+    evaluations = {(c.check_name, c.partition): c for c in result.get_asset_check_evaluations()}
+    names = [*FAMILY_CHECKS.values(), "bad_row_share_within_limit", "rows_accounted_for"]
+    assert set(evaluations) == {(name, day) for name in names for day in ("2026-11-02", "2026-11-03")}
+    assert [day for (name, day), c in evaluations.items() if not c.passed] == ["2026-11-03"]
+    assert evaluations[("metrics_in_range", "2026-11-03")].metadata["quarantined_rows"].value == 1
+    accounted = evaluations[("rows_accounted_for", "2026-11-03")]
+    assert {k: v.value for k, v in accounted.metadata.items()} == {"raw": len(second), "valid": len(second) - 1, "quarantined": 1}
+    assert all(c.target_materialization_data is not None for c in evaluations.values())
 
 
 def test_a_stray_row_in_a_range_run_is_quarantined_with_the_first_day(tmp_path):

@@ -2,12 +2,12 @@
 
 Fills a results database and the partition files with the shapes the assets write for N devices
 x D days (5-minute rows: 288 a device a day; ~1.5% of rows flagged; device incidents, cohort
-incidents with their devices, quarantined rows, drift), grouped by device in row groups of 1,000
-devices as the chunked assets write them, then times every page through Flask's test client
-(the app's own work: queries, parquet reads, figures, templates; no network) and prints the
-median and worst of several requests per page.
+incidents with their devices, quarantined rows, drift), grouped by device a chunk of 1,000
+devices at a time, in row groups of ``ROW_GROUP_ROWS`` rows as the chunked assets write them;
+then times every page through Flask's test client (the app's own work: queries, parquet reads,
+figures, templates; no network) and prints the median and worst of several requests per page.
 
-    .venv/bin/python benchmarks/bench_explorer.py                 # 10,000 devices x 3 days
+    .venv/bin/python benchmarks/bench_explorer.py                 # 10,000 devices x 14 days
     .venv/bin/python benchmarks/bench_explorer.py --devices 10000 --days 7 --repeat 7
 
 The data is random, not scored by a model: it only has to be the size and layout of the real
@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from anomaly_assets.core.generator import METRICS
-from anomaly_assets.explorer.app import create_app
+from anomaly_assets.explorer.app import DEVICE_RANGES, MAX_DEVICE_DAYS, create_app
+from anomaly_assets.resources.parquet_io import ROW_GROUP_ROWS
 from anomaly_assets.resources.results_store import (
     ResultsStore,
     anomaly_events,
@@ -49,7 +50,7 @@ FEATURES = [f"{m}__{s}" for m in METRICS for s in ("cohort_z", "baseline_exceed"
 
 
 def _day_files(base: Path, day: str, devices: np.ndarray, cohorts: np.ndarray, rng: np.random.Generator):
-    """One day's device_features and scored_anomalies files, a row group per 1,000 devices; returns
+    """One day's device_features and scored_anomalies files, as the assets write them; returns
     the flagged rows and the per-device summary."""
     start = pd.Timestamp(day, tz="UTC")
     stamps = start + pd.to_timedelta(np.arange(ROWS_PER_DAY) * 5, unit="min")
@@ -82,8 +83,8 @@ def _day_files(base: Path, day: str, devices: np.ndarray, cohorts: np.ndarray, r
         if features_writer is None:
             features_writer = pq.ParquetWriter(base / "device_features" / f"{day}.parquet", features.schema)
             scored_writer = pq.ParquetWriter(base / "scored_anomalies" / f"{day}.parquet", table.schema)
-        features_writer.write_table(features)
-        scored_writer.write_table(table)
+        features_writer.write_table(features, row_group_size=ROW_GROUP_ROWS)
+        scored_writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         events.append(scored.loc[flagged])
         summaries.append(
             scored.groupby("device_id").agg(
@@ -185,17 +186,17 @@ def build(home: Path, devices: int, days: int, seed: int = 7) -> tuple[ResultsSt
         "incidents of the day": f"/incidents?day={last}",
         "incidents, filtered, page 2": f"/incidents?day={last}&severity=medium&page=2",
         "cohort incident with its devices": f"/incidents/{cohort_incident}",
-        "device, 1 day": f"/devices/{worst}?day={last}",
-        f"device, {min(days, 3)} days (the most a page shows)": f"/devices/{worst}?from={keys[max(0, len(keys) - 3)]}&day={last}",
         "quarantine": f"/quarantine?day={last}",
     }
+    for n in (n for n in DEVICE_RANGES if n <= days):  # the page's range choices, up to MAX_DEVICE_DAYS
+        pages[f"device, {n} day{'s' if n > 1 else ''}"] = f"/devices/{worst}?from={keys[len(keys) - n]}&day={last}"
     return store, pages, sizes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=10_000)
-    parser.add_argument("--days", type=int, default=3)
+    parser.add_argument("--days", type=int, default=MAX_DEVICE_DAYS, help="days stored (default: the most a device page shows)")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,6 +3,7 @@ window and applied at scoring time from the stored values as cohort z-scores."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -68,16 +69,26 @@ def _long_stats(frame: pd.DataFrame, metrics: Sequence[str], by: list[str]) -> p
     return stats.stack("metric", future_stack=True).reset_index()
 
 
+# A daily profile needs a few days of history to be learnt: with less, every hour shares one value.
+DAILY_PROFILE_MIN_SPAN = pd.Timedelta(days=2)
+
+
 def fit_cohort_stats(
     telemetry: pd.DataFrame, metrics: Sequence[str], cohort_columns: Sequence[str]
 ) -> pd.DataFrame:
-    """Long frame with COHORT_STATS_COLUMNS, including the fleet-wide rows under ``FLEET``."""
+    """Long frame with COHORT_STATS_COLUMNS, including the fleet-wide rows under ``FLEET``.
+
+    Per hour of day when the rows span at least ``DAILY_PROFILE_MIN_SPAN``; otherwise (a run of
+    minutes at 1 Hz) the hours carry the same all-day values, since an hour seen once (or not at
+    all) says nothing about that hour on other days."""
     if telemetry.empty:
         raise ValueError("cannot fit cohort stats on an empty training window")
+    span = telemetry["timestamp"].max() - telemetry["timestamp"].min()
+    daily = span >= DAILY_PROFILE_MIN_SPAN
     frame = pd.DataFrame(
         {
             "cohort": cohort_keys(telemetry, cohort_columns),
-            "hour": telemetry["timestamp"].dt.hour.astype(np.int64),
+            "hour": telemetry["timestamp"].dt.hour.astype(np.int64) if daily else np.zeros(len(telemetry), np.int64),
             **{m: telemetry[m] for m in metrics},
         }
     )
@@ -85,6 +96,8 @@ def fit_cohort_stats(
     # Without cohort columns every row is in the fleet cohort: its stats appear once.
     per_cohort = [_long_stats(frame, metrics, ["cohort", "hour"])] if cohort_columns else []
     stats = pd.concat([*per_cohort, fleet], ignore_index=True)
+    if not daily:
+        stats = pd.concat([stats.assign(hour=hour) for hour in range(24)], ignore_index=True)
     return stats[list(COHORT_STATS_COLUMNS)]
 
 
@@ -102,7 +115,16 @@ def cohort_z_tables(stats: pd.DataFrame, metrics: Sequence[str]) -> tuple[list[s
     # Sparse cohort-hours fall back to the fleet's value; a floor keeps flat cohorts finite.
     mean = np.where(np.isnan(mean), mean[fleet][None], mean)
     std = np.where(np.isnan(std), std[fleet][None], std)
-    std = np.maximum(std, np.maximum(0.05 * np.nanmean(std[fleet], axis=0), 1e-6)[None, None, :])
+    # An hour the fleet never showed: the fleet's value over the hours it did.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.where(np.isnan(mean), np.nanmean(mean[fleet], axis=0)[None, None, :], mean)
+        std = np.where(np.isnan(std), np.nanmean(std[fleet], axis=0)[None, None, :], std)
+    # A cohort-hour that saw no event of a rare count (reboots) has std 0: floored at 5% of the
+    # fleet's, one reboot there would weigh twenty times one elsewhere. Such a degenerate cell
+    # takes half the fleet's std at that hour.
+    floor = np.maximum(0.05 * np.nanmean(std[fleet], axis=0), 1e-6)[None, None, :]
+    std = np.where(std <= floor, np.maximum(floor, 0.5 * std[fleet][None]), std)
     return cohorts, mean, std
 
 

@@ -12,7 +12,16 @@ Metrics, per device and overall (test rows only):
 - event-level precision / recall / F1 *without point adjustment* (``core.metrics.event_f1``) at
   the threshold the pipeline chose on its own validation slice (no test labels), and at the best
   threshold on the test labels (an oracle upper bound, stated as such);
-- ``alerts_per_device_per_day``: alert events (runs of flagged rows) per device per day.
+- ``alerts_per_device_per_day``: alert events (flagged rows of a device, merged when fewer than
+  ``event_merge_samples`` samples apart) per device per day.
+
+The file is taken as the assets take telemetry: exact duplicate rows keep one copy, rows that
+share a (device_id, timestamp) with different values are set aside (both counted in the report).
+Rolling windows are 12 and 72 samples at the file's sampling interval (1 hour and 6 hours of
+5-minute telemetry, 12 and 72 seconds at 1 Hz). The training rows are cut into a fitting slice and
+a later validation slice (``core.detector.training_slices``); cohort stats, baselines and every
+member are fitted on the first, the threshold is chosen on the second, and the test rows are
+scored. With ``model_scope="device"`` a device without training rows is fitted on its cohort's.
 
 Overall AUCs pool the test rows of all devices; ``macro`` averages the per-device values.
 """
@@ -21,25 +30,21 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import IsolationForest
 
+from anomaly_assets.core.backtest_input import EvaluationInputError, prepare_input, read_long
 from anomaly_assets.core.baselines import fit_baselines
-from anomaly_assets.core.cohorts import fit_cohort_stats
-from anomaly_assets.core.detector import DetectorConfig, choose_threshold, train_detector
-from anomaly_assets.core.features import FeatureSpec, build_device_features
-from anomaly_assets.core.metrics import classification_metrics, event_f1
+from anomaly_assets.core.cohorts import cohort_keys, fit_cohort_stats
+from anomaly_assets.core.detector import DetectorConfig, choose_threshold, fit_slice, train_detector
+from anomaly_assets.core.features import FeatureSpec, build_device_features, sampling_interval, windows_for_interval
+from anomaly_assets.core.metrics import alert_events, classification_metrics, device_days, event_f1
 
-RESERVED = ("device_id", "timestamp", "split", "label")
 SCORES_COLUMNS = ("device_id", "timestamp", "score", "is_anomaly", "label")
 METHODS = ("pipeline", "isolation_forest_raw")
-
-
-class EvaluationInputError(ValueError):
-    """The input file does not have the backtest format: the message says what is wrong."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +53,10 @@ class EvaluationConfig:
     # "fleet": one model for all devices (as the assets train); "device": one model per device
     # (the SMD protocol: each machine is trained and tested separately).
     model_scope: str = "fleet"
-    detector: DetectorConfig = DetectorConfig()
-    windows: tuple[str, ...] = ("1h", "6h")
+    # The file's test rows are the held-back slice: the training rows are cut into fit and
+    # validation only.
+    detector: DetectorConfig = DetectorConfig(holdout_days=0, holdout_share=0.0)
+    windows: tuple[str, ...] | None = None  # None: WINDOW_SAMPLES samples at the file's sampling interval
     train_share: float = 0.5  # without a split column: the earliest share of each device's range trains
     best_threshold_candidates: int = 200
     baseline_estimators: int = 100  # scikit-learn's default forest for the plain baseline
@@ -65,11 +72,15 @@ class EvaluationReport:
     metrics: tuple[str, ...]
     rows: dict[str, int]
     seconds: float
+    windows: tuple[str, ...] = ()
+    members: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         return {
             "rows": self.rows,
             "metrics": len(self.metrics),
+            "windows": list(self.windows),
+            "members": list(self.members),
             "overall": self.summary,
             "macro": self.macro,
             "per_device": self.per_device.to_dict("records"),
@@ -79,88 +90,34 @@ class EvaluationReport:
                 "threshold 'pipeline': chosen by the pipeline on its validation slice, no test labels",
                 "threshold 'best': tuned on the test labels (oracle upper bound)",
                 "isolation_forest_raw: scikit-learn IsolationForest (default settings) on the raw metrics, "
-                "threshold at the same alert rate on its training rows",
+                "threshold by the same alert budget on its training rows",
+                "duplicate_rows: exact copies of a row, one kept; conflicting_rows: rows sharing (device_id, "
+                "timestamp) with different values, all set aside (the telemetry contract's rule)",
             ],
         }
 
 
-def prepare_input(
-    frame: pd.DataFrame, cohort_columns: Sequence[str] = (), train_share: float = 0.5
-) -> tuple[pd.DataFrame, list[str]]:
-    """Check and normalize a long-format frame; returns it (with boolean ``is_train``) and the metrics."""
-    missing = [c for c in ("device_id", "timestamp") if c not in frame]
-    if missing:
-        raise EvaluationInputError(f"the input lacks required column(s) {missing}; it has {list(frame.columns)[:20]}")
-    absent = [c for c in cohort_columns if c not in frame]
-    if absent:
-        raise EvaluationInputError(f"cohort column(s) {absent} are not in the input")
-    out = frame.copy()
-    out["device_id"] = out["device_id"].astype("str")
-    timestamps = pd.to_datetime(out["timestamp"], utc=True, errors="coerce")
-    if timestamps.isna().any():
-        bad = out.loc[timestamps.isna(), "timestamp"].iloc[0]
-        raise EvaluationInputError(f"{int(timestamps.isna().sum())} timestamp(s) cannot be parsed, e.g. {bad!r}")
-    out["timestamp"] = timestamps.dt.as_unit("ns")
-    for column in cohort_columns:
-        out[column] = out[column].astype("str")
-    metrics = [
-        c
-        for c in out.columns
-        if c not in RESERVED and c not in cohort_columns and pd.api.types.is_numeric_dtype(out[c]) and not pd.api.types.is_bool_dtype(out[c])
-    ]
-    if not metrics:
-        raise EvaluationInputError("the input has no numeric metric column besides device_id/timestamp/split/label")
-    out[metrics] = out[metrics].astype(np.float64)
-    if "label" in out:
-        labels = pd.to_numeric(out["label"], errors="coerce")
-        if not labels.dropna().isin([0, 1]).all():
-            raise EvaluationInputError("label must be 0 or 1 (or empty on unlabelled training rows)")
-        out["label"] = labels
-    if "split" in out:
-        split = out["split"].astype("str").str.lower()
-        unknown = sorted(set(split) - {"train", "test"})
-        if unknown:
-            raise EvaluationInputError(f"split must be 'train' or 'test', got {unknown[:5]}")
-        out["is_train"] = (split == "train").to_numpy()
-        out = out.drop(columns="split")
-    else:
-        first = out.groupby("device_id")["timestamp"].transform("min")
-        last = out.groupby("device_id")["timestamp"].transform("max")
-        out["is_train"] = (out["timestamp"] <= first + (last - first) * train_share).to_numpy()
-    out = out.sort_values(["device_id", "timestamp"], kind="stable", ignore_index=True)
-    if out.duplicated(["device_id", "timestamp"]).any():
-        raise EvaluationInputError("(device_id, timestamp) must be unique")
-    if not (~out["is_train"]).any():
-        raise EvaluationInputError("the input has no test rows")
-    if "label" not in out or out.loc[~out["is_train"], "label"].isna().all():
-        raise EvaluationInputError("the test rows carry no labels: a backtest needs a 'label' column (0/1)")
-    return out, metrics
-
-
 def _pipeline_scores(
-    group: pd.DataFrame, metrics: list[str], config: EvaluationConfig
+    group: pd.DataFrame, metrics: list[str], config: EvaluationConfig, windows: tuple[str, ...]
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Test-row scores and flags of the assets' pipeline trained on the group's train rows."""
-    train = group.loc[group["is_train"]]
-    train_labelled = "label" in group and train["label"].notna().all() and len(train)
+    is_train = group["is_train"].to_numpy()
+    train_labelled = "label" in group and group.loc[is_train, "label"].notna().all()
     label_columns = ("label",) if "label" in group else ()
-    spec = FeatureSpec(
-        metrics=tuple(metrics), cohort_columns=config.cohort_columns, windows=config.windows, label_columns=label_columns
-    )
+    spec = FeatureSpec(metrics=tuple(metrics), cohort_columns=config.cohort_columns, windows=windows, label_columns=label_columns)
     # One pass over each device's whole series: test features see the end of training as lookback.
     features = build_device_features(group.drop(columns="is_train"), spec)
-    is_train = group["is_train"].to_numpy()
-    # Without cohort columns every row's cohort is FLEET, and both fits then emit the FLEET rows
-    # twice (per cohort and fleet-wide); keep one copy so lookups by (cohort, metric) are unique.
-    cohort_stats = fit_cohort_stats(train, metrics, config.cohort_columns).drop_duplicates(
-        ["cohort", "hour", "metric"], ignore_index=True
-    )
-    baselines = fit_baselines(train, metrics, config.cohort_columns).drop_duplicates(
-        ["cohort", "metric"], ignore_index=True
-    )
     train_features = features.loc[is_train].reset_index(drop=True)
     if train_labelled:
         train_features = train_features.assign(label=train_features["label"].astype(bool))
+    # Cohort statistics and baselines see the fitting slice only, as the detector does.
+    fit_rows = fit_slice(train_features, config.detector)
+    # Without cohort columns every row's cohort is FLEET, and both fits then emit the FLEET rows
+    # twice (per cohort and fleet-wide); keep one copy so lookups by (cohort, metric) are unique.
+    cohort_stats = fit_cohort_stats(fit_rows, metrics, config.cohort_columns).drop_duplicates(
+        ["cohort", "hour", "metric"], ignore_index=True
+    )
+    baselines = fit_baselines(fit_rows, metrics, config.cohort_columns).drop_duplicates(["cohort", "metric"], ignore_index=True)
     model, _ = train_detector(
         train_features, cohort_stats, baselines, spec, config.detector, label_column="label" if train_labelled else None
     )
@@ -172,16 +129,44 @@ def _raw_forest_scores(
     group: pd.DataFrame, metrics: list[str], config: EvaluationConfig
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """A plain IsolationForest on the raw metrics (NaN -> training median)."""
-    train = group.loc[group["is_train"], metrics].to_numpy(dtype=np.float64)
-    test = group.loc[~group["is_train"], metrics].to_numpy(dtype=np.float64)
+    is_train = group["is_train"].to_numpy()
+    train = group.loc[is_train, metrics].to_numpy(dtype=np.float64)
+    test = group.loc[~is_train, metrics].to_numpy(dtype=np.float64)
     medians = np.nan_to_num(np.nanmedian(train, axis=0), nan=0.0)
     train = np.where(np.isnan(train), medians, train)
     test = np.where(np.isnan(test), medians, test)
     forest = IsolationForest(n_estimators=config.baseline_estimators, random_state=config.random_state, n_jobs=1)
     forest.fit(train)
-    threshold = float(np.quantile(-forest.score_samples(train), 1.0 - config.detector.target_alert_rate))
+    rows = group.loc[is_train]
+    threshold = choose_threshold(
+        -forest.score_samples(train),
+        None,
+        rows["device_id"].to_numpy(),
+        device_days(rows["device_id"], rows["timestamp"]),
+        config.detector.alert_budget,
+        config.detector.event_merge_samples,
+    )
     scores = -forest.score_samples(test)
     return scores, scores > threshold, threshold
+
+
+def _groups(data: pd.DataFrame, config: EvaluationConfig) -> list[tuple[str, pd.DataFrame]]:
+    """The rows each model trains and scores on. Per device, a device without train rows of its
+    own is fitted on its cohort's train rows (its own test rows are scored)."""
+    if config.model_scope == "fleet":
+        return [("fleet", data)]
+    cohort = cohort_keys(data, config.cohort_columns)
+    trains = data.loc[data["is_train"]]
+    groups = []
+    for device, rows in data.groupby("device_id", sort=True):
+        if rows["is_train"].any():
+            groups.append((str(device), rows))
+            continue
+        peers = trains.loc[(cohort.loc[trains.index] == cohort.loc[rows.index[0]]).to_numpy()]
+        if peers.empty:
+            raise EvaluationInputError(f"{device}: no train rows of its own nor of its cohort to fit on")
+        groups.append((str(device), pd.concat([peers, rows.loc[~rows["is_train"]]])))
+    return groups
 
 
 def _best_event_f1(labels: np.ndarray, scores: np.ndarray, devices: np.ndarray, candidates: int) -> dict[str, float]:
@@ -202,13 +187,9 @@ def _best_event_f1(labels: np.ndarray, scores: np.ndarray, devices: np.ndarray, 
     }
 
 
-def _alerts_per_device_per_day(flags: np.ndarray, devices: np.ndarray, timestamps: pd.Series) -> float:
-    starts = flags & ~np.r_[False, flags[:-1] & (devices[1:] == devices[:-1])]
-    device_days = 0.0
-    for device in np.unique(devices):
-        ts = timestamps[devices == device]
-        device_days += max((ts.max() - ts.min()) / pd.Timedelta(days=1), 1 / 1440)
-    return float(starts.sum() / device_days) if device_days else 0.0
+def _alerts_per_device_per_day(flags: np.ndarray, devices: np.ndarray, timestamps: pd.Series, merge_samples: int) -> float:
+    days = device_days(pd.Series(devices), timestamps)
+    return float(alert_events(flags, devices, merge_samples) / days) if days else 0.0
 
 
 def score_metrics(
@@ -218,6 +199,7 @@ def score_metrics(
     devices: np.ndarray,
     timestamps: pd.Series,
     candidates: int = 200,
+    merge_samples: int = DetectorConfig.event_merge_samples,
 ) -> dict[str, float]:
     """The backtest metrics of one method on rows sorted by device, then time."""
     labels = np.asarray(labels, dtype=bool)
@@ -230,7 +212,7 @@ def score_metrics(
         "event_precision": at_pipeline["event_precision"],
         "event_recall": at_pipeline["event_recall"],
         **_best_event_f1(labels, scores, devices, candidates),
-        "alerts_per_device_per_day": _alerts_per_device_per_day(np.asarray(flags, dtype=bool), devices, timestamps),
+        "alerts_per_device_per_day": _alerts_per_device_per_day(np.asarray(flags, dtype=bool), devices, timestamps, merge_samples),
         "true_events": at_pipeline["true_events"],
         "label_rate": float(labels.mean()) if len(labels) else 0.0,
     }
@@ -246,17 +228,19 @@ def evaluate(
         raise EvaluationInputError(f"model_scope must be 'fleet' or 'device', got {config.model_scope!r}")
     began = time.perf_counter()
     data, metrics = prepare_input(frame, config.cohort_columns, config.train_share)
-    groups = [data] if config.model_scope == "fleet" else [g for _, g in data.groupby("device_id", sort=True)]
+    try:
+        windows = config.windows or windows_for_interval(sampling_interval(data))
+    except ValueError as error:
+        raise EvaluationInputError(str(error)) from None
     test = data.loc[~data["is_train"]].reset_index(drop=True)
     results = {m: np.full(len(test), np.nan) for m in METHODS}
     flags = {m: np.zeros(len(test), dtype=bool) for m in METHODS}
     offset = 0
-    for group in groups:
+    for name, group in _groups(data, config):
         group = group.reset_index(drop=True)
         n_test = int((~group["is_train"]).sum())
-        name = "fleet" if config.model_scope == "fleet" else str(group["device_id"].iloc[0])
         try:
-            pipeline_scores, pipeline_flags, _ = _pipeline_scores(group, metrics, config)
+            pipeline_scores, pipeline_flags, _ = _pipeline_scores(group, metrics, config, windows)
         except ValueError as error:
             raise EvaluationInputError(f"{name}: the pipeline cannot train: {error}") from None
         raw_scores, raw_flags, _ = _raw_forest_scores(group, metrics, config)
@@ -278,6 +262,7 @@ def evaluate(
             devices[mask],
             test.loc[mask, "timestamp"].reset_index(drop=True),
             config.best_threshold_candidates,
+            config.detector.event_merge_samples,
         )
 
     for method in METHODS:
@@ -304,16 +289,17 @@ def evaluate(
         per_device=pd.DataFrame(rows),
         scores=scores,
         metrics=tuple(metrics),
-        rows={"train": int(data["is_train"].sum()), "test": len(test), "devices": int(data["device_id"].nunique())},
+        rows={
+            "train": int(data["is_train"].sum()),
+            "test": len(test),
+            "devices": int(data["device_id"].nunique()),
+            "duplicate_rows": int(data.attrs.get("duplicate_rows", 0)),
+            "conflicting_rows": int(data.attrs.get("conflicting_rows", 0)),
+        },
         seconds=time.perf_counter() - began,
+        windows=tuple(windows),
+        members=tuple(config.detector.members),
     )
-
-
-def read_long(path: str) -> pd.DataFrame:
-    """A long-format CSV or parquet file (by extension)."""
-    if str(path).endswith((".parquet", ".pq")):
-        return pd.read_parquet(path)
-    return pd.read_csv(path, dtype={"device_id": str})
 
 
 def format_report(report: EvaluationReport) -> str:
@@ -323,6 +309,9 @@ def format_report(report: EvaluationReport) -> str:
     lines = [
         f"Backtest: {report.rows['devices']} device(s), {report.rows['train']:,} train rows, "
         f"{report.rows['test']:,} test rows, {len(report.metrics)} metrics, {report.seconds:.1f}s",
+        f"Rolling windows {', '.join(report.windows)}; ensemble members {', '.join(report.members)}; set aside: "
+        f"{report.rows.get('duplicate_rows', 0):,} exact duplicate row(s) (one copy kept), "
+        f"{report.rows.get('conflicting_rows', 0):,} conflicting row(s) for one (device_id, timestamp)",
         "",
         head,
     ]

@@ -46,6 +46,13 @@ def metric_words(metric: str) -> str:
 
 
 def _suffix_words(suffix: str) -> str | None:
+    inner, separator, own = suffix.rpartition("__")
+    if separator and own == "own":  # the ensemble's device columns: against the device's own history
+        words = _suffix_words(inner)
+        return f"{words}, against the device's own history" if words else None
+    if suffix.startswith("mean_") and _WINDOW.match("dev_" + suffix[len("mean_"):]):
+        kind, size, unit = _WINDOW.match("dev_" + suffix[len("mean_"):]).groups()
+        return f"{size}-{_WINDOW_WORDS[unit]} mean"
     if suffix == "delta":
         return "change since the previous sample"
     if suffix == "cohort_z":
@@ -67,6 +74,8 @@ def describe_feature(code: str | None) -> str:
     code = str(code)
     if code in TIME_FEATURES:
         return TIME_FEATURES[code]
+    if code.endswith("__own") and code[: -len("__own")] in TIME_FEATURES:
+        return f"{TIME_FEATURES[code[: -len('__own')]]}, against the device's own history"
     metric, separator, suffix = code.partition("__")
     if not separator:
         return metric_words(metric) if metric in KNOWN_METRICS or "_" in metric else code

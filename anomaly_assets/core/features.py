@@ -21,6 +21,8 @@ from anomaly_assets.core.kernels import metric_features_into
 from anomaly_assets.core.kernels import window_starts as _window_starts
 
 TIME_FEATURES: tuple[str, ...] = ("hour_sin", "hour_cos", "missing_metrics", "gap_minutes")
+# Rolling windows in samples: 12 and 72 samples are 1 and 6 hours of 5-minute fleet telemetry.
+WINDOW_SAMPLES: tuple[int, ...] = (12, 72)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +68,35 @@ class FeatureSpec:
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def sampling_interval(telemetry: pd.DataFrame) -> pd.Timedelta:
+    """The typical sampling interval: the median over devices of each device's median gap."""
+    stamps = telemetry[["device_id", "timestamp"]].sort_values(["device_id", "timestamp"], kind="stable")
+    gaps = stamps.groupby("device_id", sort=False)["timestamp"].diff().dropna()
+    gaps = gaps[gaps > pd.Timedelta(0)]
+    if gaps.empty:
+        raise ValueError("cannot infer a sampling interval: no device has two distinct timestamps")
+    per_device = gaps.groupby(stamps.loc[gaps.index, "device_id"], sort=False).median()
+    return pd.Timedelta(per_device.median())
+
+
+def windows_for_interval(interval: pd.Timedelta, samples: tuple[int, ...] = WINDOW_SAMPLES) -> tuple[str, ...]:
+    """Rolling windows of ``samples`` samples at ``interval`` (capped at the one-day lookback), named
+    as pandas reads them: 5 minutes gives ("1h", "6h"), 1 second ("12s", "72s")."""
+    names = []
+    for count in samples:
+        window = min(pd.Timedelta(interval) * count, pd.Timedelta("1D"))
+        seconds = window // pd.Timedelta("1s")
+        if window != pd.Timedelta(seconds, unit="s") or seconds == 0:
+            names.append(f"{window // pd.Timedelta('1ms')}ms")
+        elif seconds % 3600 == 0:
+            names.append(f"{seconds // 3600}h")
+        elif seconds % 60 == 0:
+            names.append(f"{seconds // 60}min")
+        else:
+            names.append(f"{seconds}s")
+    return tuple(dict.fromkeys(names))
 
 
 def build_device_features(

@@ -19,6 +19,7 @@ from anomaly_assets.core.incidents import (
     DayResult,
     IncidentRules,
     attach_to_cohorts,
+    incident_frame,
     cohort_bucket_counts,
     cohort_buckets_from_counts,
     cohort_incidents_from_buckets,
@@ -102,6 +103,9 @@ class IncidentDays:
             frames = [f for f in self.device_frames[day] if len(f)]
             if frames:  # in device order, as one call over all devices orders them
                 devices = pd.concat(frames, ignore_index=True).sort_values("device_id", kind="stable", ignore_index=True)
+                # Rebuilt from records, so each column's dtype is the one a single pass infers (a
+                # chunk whose close reasons are all empty would otherwise make the column object).
+                devices = incident_frame(devices.to_dict("records"))
             else:
                 devices = detect_device_incidents(_no_rows(), {}, self.rules, day, self.day_ends[day])[0]
             devices = attach_to_cohorts(devices, cohorts)

@@ -78,7 +78,10 @@ class IncidentRules:
     cohort_min_share: float = 0.3
     cohort_min_flagged_devices: int = 3
     cohort_min_devices: int = 3
-    cohort_min_device_samples: int = 3  # a device counts as flagged in a bucket with this many anomalous samples
+    # A device counts as flagged in a bucket with this many anomalous samples: within the alert
+    # budget one anomalous sample is already rare (a calm fleet has at most 2 such devices in any
+    # cohort-hour; a firmware regression, 5-7 of 16).
+    cohort_min_device_samples: int = 1
     cohort_close_after_buckets: int = 3
 
     def __post_init__(self) -> None:
@@ -349,10 +352,10 @@ def detect_device_incidents(
         suppressed += quiet
         if state is not None:
             states[device_id] = state
-    return _frame(rows), states, suppressed
+    return incident_frame(rows), states, suppressed
 
 
-def _frame(rows: list[dict]) -> pd.DataFrame:
+def incident_frame(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(INCIDENT_COLUMNS))
     for column in ("started_at", "opened_at", "last_anomaly_at", "ended_at"):
         frame[column] = pd.to_datetime(frame[column], utc=True)
@@ -497,7 +500,7 @@ def cohort_incidents_from_buckets(
             else:
                 states[cohort] = {"open": incident}
     rows = [_cohort_row(incident, partition, rules) for incident in touched.values()]
-    return _frame(rows), states
+    return incident_frame(rows), states
 
 
 def attach_to_cohorts(device_incidents: pd.DataFrame, cohort_incidents: pd.DataFrame) -> pd.DataFrame:

@@ -89,3 +89,28 @@ def population_stability_index(reference: np.ndarray, current: np.ndarray, bins:
     actual = np.histogram(current, edges)[0] / max(len(current), 1)
     expected, actual = np.clip(expected, 1e-6, None), np.clip(actual, 1e-6, None)
     return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def alert_events(flags: np.ndarray, devices: np.ndarray, merge_samples: int = 0) -> int:
+    """Alert events: runs of flagged rows of one device, a run continuing over gaps of fewer than
+    ``merge_samples`` unflagged rows (an operator sees one alert, not a flicker of them).
+    Rows must be sorted by device, then time."""
+    positions = np.flatnonzero(np.asarray(flags, dtype=bool))
+    if not len(positions):
+        return 0
+    devices = np.asarray(devices)[positions]
+    new_device = np.r_[True, devices[1:] != devices[:-1]]
+    far = np.r_[True, np.diff(positions) > max(int(merge_samples), 1)]
+    return int((new_device | far).sum())
+
+
+def device_days(devices: pd.Series, timestamps: pd.Series) -> float:
+    """Device-days that rows cover: per device, its row count times its median sampling interval."""
+    nanos = pd.DatetimeIndex(timestamps).as_unit("ns").asi8  # whatever unit the column has
+    frame = pd.DataFrame({"device": np.asarray(devices), "t": nanos})
+    frame = frame.sort_values(["device", "t"], kind="stable")
+    gaps = frame.groupby("device", sort=False)["t"].diff()
+    interval = gaps.groupby(frame["device"], sort=False).median()
+    counts = frame.groupby("device", sort=False).size()
+    interval = interval.reindex(counts.index).fillna(interval.median() if interval.notna().any() else 0.0)
+    return float((counts * interval).sum() / 86_400e9)

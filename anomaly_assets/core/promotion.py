@@ -38,6 +38,17 @@ class GateDecision:
     champion: dict[str, float]
 
 
+def unseen_rows(features: pd.DataFrame, *training_summaries: dict) -> np.ndarray:
+    """Mask of the rows no model saw while training: later than every model's last fitting or
+    threshold row (``validation_end`` of its training summary). A model without one saw nothing
+    of these rows' period as far as anyone can tell: only the others bound the mask."""
+    ends = [pd.Timestamp(s["validation_end"]) for s in training_summaries if s.get("validation_end")]
+    if not ends:
+        return np.ones(len(features), dtype=bool)
+    last = max(e.tz_localize("UTC") if e.tzinfo is None else e for e in ends)
+    return (features["timestamp"] > last).to_numpy()
+
+
 def model_quality(scored: pd.DataFrame, threshold_flags: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
     """Quality of one model's scores on rows sorted by device and time."""
     devices = scored["device_id"].to_numpy()

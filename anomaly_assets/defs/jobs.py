@@ -6,7 +6,8 @@ import dagster as dg
 
 from anomaly_assets.defs.partitions import daily_partitions
 
-INGESTION_AND_FEATURES = dg.AssetSelection.assets("raw_telemetry", "validated_telemetry", "device_features")
+# device_inventory (unpartitioned) is read again by every run, so new devices get their cohort attributes.
+INGESTION_AND_FEATURES = dg.AssetSelection.assets("device_inventory", "raw_telemetry", "validated_telemetry", "device_features")
 
 telemetry_job = dg.define_asset_job(
     "telemetry_job",

@@ -6,6 +6,8 @@ import warnings
 
 import dagster as dg
 import pandas as pd
+# Not exported by dagster; the pinned version records a check's target materialization with it.
+from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
 
 from anomaly_assets.settings import Settings
 
@@ -56,3 +58,48 @@ def partition_metadata(context: dg.AssetExecutionContext, by_partition: dict[str
     for key in keys:
         context.add_asset_metadata(by_partition[key], partition_key=key)
     return {}
+
+
+def partition_check_results(context: dg.AssetExecutionContext, by_partition: dict[str, dg.AssetCheckResult]):
+    """One check's results, one per partition of the run, each recorded under its partition.
+
+    An AssetCheckResult cannot name a partition: Dagster gives it the run's partition only when
+    the run has a single partition key, and records it without one ("-" in the UI, and the
+    partition's planned check shown as skipped) in a run over a range, even a range of one day (a
+    single-run backfill, the demo's and the daily jobs' ranges). So each partition's result
+    becomes an AssetCheckEvaluation naming it and targeting that partition's materialization, as
+    Dagster records a single partition's; the check's output is emitted once."""
+    if not by_partition:
+        return
+    first = next(iter(by_partition.values()))
+    key = dg.AssetCheckKey(first.asset_key or context.asset_key, first.check_name)
+    if key not in context.selected_asset_check_keys:
+        return
+    spec = context.assets_def.get_spec_for_check_key(key)
+    yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(key))
+    for partition, result in by_partition.items():
+        yield dg.AssetCheckEvaluation(
+            asset_key=key.asset_key,
+            check_name=key.name,
+            passed=result.passed,
+            metadata=result.metadata,
+            target_materialization_data=_materialization_of(context, key.asset_key, partition),
+            severity=result.severity,
+            description=result.description,
+            blocking=spec.blocking,
+            partition=partition,
+        )
+
+
+def _materialization_of(context: dg.AssetExecutionContext, asset_key: dg.AssetKey, partition: str):
+    """The partition's newest materialization (this run's, when it produced one), which the
+    check's result is about; as Dagster records it for a single partition's check."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1
+    ).records
+    if not records:
+        return None
+    record = records[0]
+    return AssetCheckEvaluationTargetMaterializationData(
+        run_id=record.run_id, storage_id=record.storage_id, timestamp=record.timestamp
+    )

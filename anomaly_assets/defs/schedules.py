@@ -1,26 +1,37 @@
-"""Schedules: score yesterday every day; retrain (train, register, gate) every week."""
+"""Schedules: score the last complete day every day; retrain (train, register, gate) every week.
 
-import datetime as dt
+Both ask the daily partitions definition which day is the last complete one at the tick, so no
+date arithmetic lives here. The daily run is Dagster's own schedule for a partitioned job: it
+follows the partitions' cadence (one run a day) at the configured time of day. The retraining
+keeps a cron of its own, because Dagster's builder can only schedule a daily-partitioned job
+daily.
+"""
 
 import dagster as dg
 
 from anomaly_assets.defs.jobs import scoring_job, training_job
-from anomaly_assets.defs.partitions import SETTINGS
+from anomaly_assets.defs.partitions import SETTINGS, daily_partitions
+
+daily_scoring_schedule = dg.build_schedule_from_partitioned_job(
+    scoring_job,
+    name="daily_scoring_schedule",
+    hour_of_day=SETTINGS.scoring_time.hour,
+    minute_of_hour=SETTINGS.scoring_time.minute,
+    description="Device inventory and raw telemetry through scored anomalies and feature drift for the last "
+    "complete day (yesterday, UTC); its incidents and alerts follow by declarative automation.",
+)
 
 
-def _yesterday(context: dg.ScheduleEvaluationContext) -> str:
-    return (context.scheduled_execution_time - dt.timedelta(days=1)).strftime("%Y-%m-%d")
-
-
-@dg.schedule(job=scoring_job, cron_schedule=SETTINGS.scoring_cron, execution_timezone="UTC")
-def daily_scoring_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """Raw telemetry through scored anomalies and feature drift for yesterday's partition."""
-    partition = _yesterday(context)
-    return dg.RunRequest(run_key=f"scoring-{partition}", partition_key=partition)
+def last_complete_day(context: dg.ScheduleEvaluationContext) -> str | None:
+    """The newest partition whose day has ended at the tick (yesterday, UTC); None before the first."""
+    with dg.partition_loading_context(effective_dt=context.scheduled_execution_time):
+        return daily_partitions.get_last_partition_key()
 
 
 @dg.schedule(job=training_job, cron_schedule=SETTINGS.retraining_cron, execution_timezone="UTC")
-def weekly_retraining_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """Train on the window ending yesterday, register the version and run the promotion gate."""
-    partition = _yesterday(context)
+def weekly_retraining_schedule(context: dg.ScheduleEvaluationContext):
+    """Train on the window ending with the last complete day, register the version and run the promotion gate."""
+    partition = last_complete_day(context)
+    if partition is None:
+        return dg.SkipReason(f"no daily partition has ended yet (the first is {SETTINGS.start_date})")
     return dg.RunRequest(run_key=f"retraining-{partition}", partition_key=partition)

@@ -12,19 +12,25 @@ import hashlib
 import hmac
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 import pandas as pd
 from flask import Flask, Response, abort, g, redirect, render_template, request, send_file, url_for
 
+from anomaly_assets import audit
+from anomaly_assets.core.audit import ACTIONS, PROXY_USER_HEADER
 from anomaly_assets.core.feature_words import describe_feature, metric_words
 from anomaly_assets.explorer import charts
 from anomaly_assets.explorer.device_rows import DeviceRows
 from anomaly_assets.explorer.queries import PAGE_ROWS, SEVERITY_LEVELS, ExplorerQueries, IncidentFilter, day_window
 
 COOKIE = "anomaly_explorer"
-MAX_DEVICE_DAYS = 3  # a device page reads two partition files a day: ~0.15 s each at 10,000 devices
+# A device page reads two partition files a day (in parallel): the cap keeps it under 1 s at
+# 10,000 devices a day (benchmarks/bench_explorer.py).
+MAX_DEVICE_DAYS = 14
+DEVICE_RANGES = (1, 3, 7, 14)  # the page's quick choices, in days ending with the shown day
 OPEN_PATHS = ("/login", "/healthz")
 
 
@@ -72,6 +78,11 @@ def create_app(store, storage_path: str, token: str | None = None) -> Flask:
     device_rows = DeviceRows(storage_path)
     app.jinja_env.filters.update(words=describe_feature, when=_when, features=_features_in_words, metric=metric_words)
     app.jinja_env.globals.update(severity_levels=SEVERITY_LEVELS)
+
+    @app.context_processor
+    def _signed_in_as():
+        # The user the authenticating proxy (deploy/Caddyfile) signed in; absent without the proxy.
+        return {"signed_in_as": request.headers.get(PROXY_USER_HEADER)}
 
     @app.before_request
     def _authorize():
@@ -184,7 +195,7 @@ def create_app(store, storage_path: str, token: str | None = None) -> Flask:
         if first > last:
             first, last = last, first
         earliest, _ = day_window(last, MAX_DEVICE_DAYS)
-        first = max(first, earliest)
+        asked, first = (first if first < earliest else None), max(first, earliest)
         cohort = days["cohort"].dropna().iloc[-1] if days["cohort"].notna().any() else None
         events = queries.device_events(device_id, first, last)
         incidents = queries.device_incidents(device_id, cohort, first, last)
@@ -216,6 +227,9 @@ def create_app(store, storage_path: str, token: str | None = None) -> Flask:
             has_rows=len(rows) > 0,
             faults=faults,
             anomaly_marks=json.dumps([_when(t) for t in events["timestamp"]]),
+            asked=asked,
+            max_days=MAX_DEVICE_DAYS,
+            ranges=[(n, day_window(last, n)[0]) for n in DEVICE_RANGES],
         )
 
     @app.get("/quarantine")
@@ -246,6 +260,15 @@ def create_app(store, storage_path: str, token: str | None = None) -> Flask:
             pages=max(math.ceil(total / PAGE_ROWS), 1),
             summary=_records(summary),
         )
+
+    @app.get("/audit")
+    def audit_page():
+        action = request.args.get("action") or None
+        if action is not None and action not in ACTIONS:
+            abort(400, f"unknown action {action!r}; known: {', '.join(ACTIONS)}")
+        entries = audit.entries(store, action=action, limit=PAGE_ROWS)[::-1]
+        dagster_url = os.environ.get("DAGSTER_UI_URL", "").rstrip("/")
+        return render_template("audit.html", entries=entries, actions=ACTIONS, action=action, dagster_url=dagster_url)
 
     @app.errorhandler(400)
     @app.errorhandler(404)

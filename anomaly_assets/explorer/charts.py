@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 from plotly.utils import PlotlyJSONEncoder
 
@@ -34,11 +35,18 @@ def _base_layout(height: int) -> dict:
 
 
 def _times(values: pd.Series) -> list[str]:
-    return [t.isoformat() for t in pd.to_datetime(values, utc=True)]
+    """ISO 8601 in UTC, converted in one vectorized pass (a two-week page has 4,000 rows a panel)."""
+    stamps = pd.to_datetime(values, utc=True).dt.tz_localize(None).to_numpy(dtype="datetime64[ms]")
+    unit = "ms" if (stamps.astype(np.int64) % 1000).any() else "s"
+    return [f"{t}+00:00" for t in np.datetime_as_string(stamps, unit=unit)]
 
 
 def _values(values: pd.Series) -> list:
-    return [None if pd.isna(v) else float(v) for v in values]
+    array = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    out = array.tolist()
+    for missing in np.flatnonzero(np.isnan(array)):
+        out[missing] = None
+    return out
 
 
 def device_figure(
@@ -70,8 +78,9 @@ def device_figure(
         })  # fmt: skip
     layout["annotations"] = annotations
     data = []
+    times = _times(rows["timestamp"]) if len(rows) else []
     if len(rows) and "score" in rows:
-        data.append({"type": "scatter", "mode": "lines", "name": "score", "x": _times(rows["timestamp"]),
+        data.append({"type": "scatter", "mode": "lines", "name": "score", "x": times,
                      "y": _values(rows["score"]), "line": {"color": "#4a6fa5", "width": 1}})  # fmt: skip
     if len(events):
         data.append({
@@ -87,7 +96,7 @@ def device_figure(
         axes = {"xaxis": f"x{index}", "yaxis": f"y{index}"}
         words = metric_words(metric)
         data.append({"type": "scatter", "mode": "lines", "name": metric, "showlegend": False, **axes,
-                     "x": _times(rows["timestamp"]), "y": _values(rows[metric]), "line": {"color": "#555", "width": 1},
+                     "x": times, "y": _values(rows[metric]), "line": {"color": "#555", "width": 1},
                      "hovertemplate": f"%{{x}}<br>{words} %{{y}}<extra></extra>"})  # fmt: skip
         if len(flagged):
             data.append({"type": "scatter", "mode": "markers", "name": ANOMALY_TRACE, "legendgroup": ANOMALY_TRACE,

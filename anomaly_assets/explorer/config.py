@@ -22,13 +22,11 @@ class ExplorerSources:
 
 def explorer_sources(settings: Settings) -> ExplorerSources:
     """The ``ResultsStore`` and partition base path the assets use in this environment; in
-    production both come from the environment through ``dagster.EnvVar``, like the assets'."""
-    import dagster as dg
-
-    from anomaly_assets.resources.results_store import ResultsStore
+    production both come from the environment (ANOMALY_ASSETS_RESULTS_URL, ANOMALY_ASSETS_STORAGE_PATH)."""
+    from anomaly_assets.resources.results_store import ResultsStore, production_results_store
 
     if settings.environment == "production":
-        store = ResultsStore(url=dg.EnvVar("ANOMALY_ASSETS_RESULTS_URL")).process_config_and_initialize()
+        store = production_results_store()
         storage = os.environ.get("ANOMALY_ASSETS_STORAGE_PATH", "")
         if not storage:
             raise ValueError("ANOMALY_ASSETS_STORAGE_PATH is not set (the partition files' base path)")

@@ -14,7 +14,7 @@ import datetime as dt
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from upath import UPath
 
@@ -35,15 +35,24 @@ class DeviceRows:
     def _file(self, asset: str, day: str) -> UPath:
         return UPath(self.base_path) / asset / f"{day}.parquet"
 
-    def _read(self, asset: str, day: str, device_id: str, columns: list[str]) -> pd.DataFrame | None:
+    def _read(self, asset: str, day: str, device_id: str, columns: list[str] | None) -> tuple[pd.DataFrame | None, list[str]]:
+        """The device's rows of one partition file and the file's column names (None, [] without
+        a file). ``columns`` None: the key columns, the raw metrics and the labels. The file is
+        opened once, and only the row groups whose device_id statistics can hold the device are
+        read (files of the chunked assets hold a chunk of devices per row group)."""
         path = self._file(asset, day)
         if not path.exists():
-            return None
+            return None, []
         with path.open("rb") as handle:
             file = pq.ParquetFile(handle)
-            wanted = [c for c in columns if c in file.schema_arrow.names]
-        with path.open("rb") as handle:
-            return pq.read_table(handle, columns=wanted, filters=ds.field("device_id") == device_id).to_pandas()
+            names = file.schema_arrow.names
+            if columns is None:
+                columns = ["device_id", "timestamp", *metric_columns(names), *LABEL_COLUMNS]
+            wanted = [c for c in columns if c in names]
+            table = file.read_row_groups(_groups_holding(file, device_id), columns=wanted)
+        if "device_id" in table.column_names:
+            table = table.filter(pc.equal(table["device_id"], device_id))
+        return table.to_pandas(), names
 
     def read(self, device_id: str, first_day: str, last_day: str) -> tuple[pd.DataFrame, list[str], list[str]]:
         """The device's rows over [first_day, last_day]: timestamp, its metrics, score, severity,
@@ -54,14 +63,12 @@ class DeviceRows:
             days.append(day.isoformat())
             day += dt.timedelta(days=1)
         with ThreadPoolExecutor(max_workers=min(8, 2 * len(days))) as pool:
-            names = dict(zip(days, pool.map(self._metric_names, days), strict=True))
-            features = pool.map(
-                lambda d: self._read("device_features", d, device_id, ["device_id", "timestamp", *names[d], *LABEL_COLUMNS]), days
-            )
+            features = pool.map(lambda d: self._read("device_features", d, device_id, None), days)
             scores = pool.map(lambda d: self._read("scored_anomalies", d, device_id, SCORE_COLUMNS), days)
             pairs = list(zip(days, features, scores, strict=True))
-        frames, missing = [], []
-        for key, day_features, day_scores in pairs:
+        frames, missing, names = [], [], {}
+        for key, (day_features, feature_names), (day_scores, _) in pairs:
+            names[key] = metric_columns(feature_names)
             if day_features is None and day_scores is None:
                 missing.append(key)
             elif day_features is None or day_scores is None:
@@ -75,9 +82,15 @@ class DeviceRows:
         rows["timestamp"] = pd.to_datetime(rows["timestamp"], utc=True)
         return rows, metrics, missing
 
-    def _metric_names(self, day: str) -> list[str]:
-        path = self._file("device_features", day)
-        if not path.exists():
-            return []
-        with path.open("rb") as handle:
-            return metric_columns(pq.ParquetFile(handle).schema_arrow.names)
+
+def _groups_holding(file: pq.ParquetFile, device_id: str) -> list[int]:
+    """Row groups whose device_id range can hold ``device_id`` (all, without statistics)."""
+    if "device_id" not in file.schema_arrow.names:
+        return list(range(file.num_row_groups))
+    column = file.schema_arrow.names.index("device_id")
+    groups = []
+    for index in range(file.num_row_groups):
+        stats = file.metadata.row_group(index).column(column).statistics
+        if stats is None or not stats.has_min_max or stats.min <= device_id <= stats.max:
+            groups.append(index)
+    return groups

@@ -38,6 +38,10 @@ from anomaly_assets.core.timestamps import parse_utc
 ALLOW_MISSING_PARTITIONS = "allow_missing_partitions"  # AssetIn metadata: optional lookback input
 DEVICE_COLUMN = "device_id"
 PREVIEW_ROWS = 10
+# A chunk's rows are written in row groups of at most this many rows (~110 devices of 5-minute
+# rows a day): a reader after one device (the explorer's device page) decodes one small group,
+# not the whole chunk's.
+ROW_GROUP_ROWS = 32_768
 DEFAULT_DEVICES_PER_CHUNK = 1_000  # 288,000 rows of 5-minute telemetry a day: ~1-2 GB per step at peak
 
 
@@ -77,14 +81,14 @@ class DeviceChunks:
         self.paths = list(paths)
         self.devices_per_chunk = devices_per_chunk
 
-    @property
-    def rows(self) -> int:
-        """Rows over all the files, from their footers (nothing is read)."""
-        total = 0
+    def rows_per_file(self) -> list[int]:
+        """Each file's rows, in the order of ``paths`` (one file per loaded partition), from their
+        footers (nothing is read)."""
+        counts = []
         for path in self.paths:
             with path.open("rb") as handle:
-                total += pq.ParquetFile(handle).metadata.num_rows
-        return total
+                counts.append(pq.ParquetFile(handle).metadata.num_rows)
+        return counts
 
     def frame(self) -> pd.DataFrame:
         """Every row at once."""
@@ -137,7 +141,8 @@ class DeviceChunks:
 
 class PartitionSpool:
     """An asset's output for the run's partitions, appended a chunk at a time to one temporary
-    parquet file per partition (one row group per chunk), so it is never in memory at once.
+    parquet file per partition (row groups of a chunk, at most ``ROW_GROUP_ROWS`` rows each), so
+    it is never in memory at once.
     Return it from the asset; the IO manager moves the files into place, or, if the run fails
     first, nothing of it is ever visible."""
 
@@ -185,7 +190,7 @@ class PartitionSpool:
                 ) from error
         if key not in self._writers:
             self._writers[key] = pq.ParquetWriter(self._file(key), self._schema)
-        self._writers[key].write_table(table, row_group_size=max(len(table), 1))
+        self._writers[key].write_table(table, row_group_size=min(max(len(table), 1), ROW_GROUP_ROWS))
         self.rows += len(table)
         self.rows_by_key[key] += len(table)
 
@@ -218,9 +223,9 @@ class PartitionSpool:
                     pq.write_table(self._schema.empty_table(), self._file(key))
         return {key: self._file(key) for key in self.keys}
 
-    def persisted_rows(self) -> int:
-        """Rows in the written files, from their footers."""
-        return sum(pq.ParquetFile(file).metadata.num_rows for file in self.files().values())
+    def persisted_rows_by_key(self) -> dict[str | None, int]:
+        """Each partition's rows in its written file, from the footer."""
+        return {key: pq.ParquetFile(file).metadata.num_rows for key, file in self.files().items()}
 
     def batches(self, rows: int = 100_000) -> Iterator[pd.DataFrame]:
         """Every partition's rows again, ``rows`` at a time (to load them elsewhere)."""
@@ -278,6 +283,10 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         asset_key = context.asset_key
         if not context.has_asset_partitions:
             paths = [self._path(asset_key, None)]
+            if not paths[0].exists():
+                raise FileNotFoundError(
+                    f"{asset_key.to_user_string()} has not been materialized (no file at {paths[0]}); materialize it first"
+                )
         else:
             paths = self._partition_paths(context)
         chunks = DeviceChunks(paths, self.devices_per_chunk)

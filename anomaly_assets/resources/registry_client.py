@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from anomaly_assets.redaction import redact, url_secrets
+from anomaly_assets.resources.mlflow_auth import auth_failure
 from anomaly_assets.resources.registry_runs import log_model_package, log_values, started_run
 
 if TYPE_CHECKING:  # pandas and scikit-learn load with a model, not with the registry
@@ -363,6 +364,8 @@ class RegistryOperations:
     def _error(self, what: str, error: BaseException) -> RegistryError:
         """A RegistryError naming the (redacted) tracking URI and MLflow's first line."""
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if refused := auth_failure(error, self.where):
+            return RegistryError(f"{refused} ({what})")
         return RegistryError(redact(f"MLflow at {self.where}: {what}: {detail}", url_secrets(self.tracking_uri)))
 
     def load_version(self, version: str) -> FleetAnomalyModel:

@@ -6,6 +6,7 @@ inserts the new ones in one transaction, so re-materializing replaces and never 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -158,24 +159,85 @@ alert_delivery_log = sa.Table(
     sa.Index("ix_alert_delivery_partition", "partition_date"),
 )
 
+# Who changed what, when and why: champion changes, retention runs, alert-channel changes
+# (anomaly_assets.audit). Append-only: on PostgreSQL no role but the owner may update or delete.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, sa.Identity(), primary_key=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("who", sa.String(256), nullable=False),
+    sa.Column("via", sa.String(16), nullable=False),  # cli | dagster | web
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("subject", sa.String(512), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("run_id", sa.String(64)),
+    sa.Index("ix_audit_log_action_at", "action", "at"),
+)
+
 
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 _MIGRATION_LOCK = 74_226_001  # PostgreSQL advisory lock: one process migrates at a time
 _MIGRATED: set[str] = set()  # databases this process has brought to the newest revision
 
 
-def upgrade_schema(engine: sa.Engine) -> None:
-    """Bring the results database to the newest Alembic revision (creates it when empty)."""
-    from alembic import command
+class SchemaNotMigrated(RuntimeError):
+    """The results database is behind the code's schema and this role may not migrate it."""
+
+
+def _alembic_config():
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(sa.text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    return config
+
+
+def schema_revision(engine: sa.Engine) -> str | None:
+    """The database's Alembic revision; None when it has none yet."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade_schema(engine: sa.Engine) -> None:
+    """Bring the results database to the newest Alembic revision (creates it when empty).
+
+    A role that may not create tables (production's results writer and read-only roles) passes
+    when the schema is current, and otherwise fails naming the revisions and the fix."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    config = _alembic_config()
+    try:
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(sa.text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except sa.exc.ProgrammingError as error:
+        if getattr(error.orig, "pgcode", None) != "42501":  # insufficient_privilege
+            raise
+        head = ScriptDirectory.from_config(config).get_current_head()
+        raise SchemaNotMigrated(
+            f"the results database {engine.url.render_as_string(hide_password=True)} is at schema revision "
+            f"{schema_revision(engine) or 'none'}, the code needs {head}, and role {engine.url.username!r} may not "
+            "migrate it: run `anomaly-assets migrate` with ANOMALY_ASSETS_RESULTS_URL naming the owner role "
+            "(docker compose runs the `migrate` service)"
+        ) from None
+
+
+RESULTS_URL_ENV = "ANOMALY_ASSETS_RESULTS_URL"
+
+
+def production_results_store() -> ResultsStore:
+    """The production results database for a process outside Dagster (the CLI, the explorer)."""
+    url = os.environ.get(RESULTS_URL_ENV, "")
+    if not url:
+        raise ValueError(f"{RESULTS_URL_ENV} is not set (the results database's SQLAlchemy URL)")
+    return ResultsStore(url=url)
 
 
 class ResultsStore(dg.ConfigurableResource):

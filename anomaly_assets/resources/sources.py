@@ -426,7 +426,8 @@ class InventorySource(dg.ConfigurableResource):
     """Device metadata from the fleet management database (optional).
 
     ``url`` empty means not configured: ``device_inventory`` then skips with a warning.
-    ``columns`` maps cohort attribute names to inventory columns; ``device_id`` is the key.
+    ``columns`` maps cohort attribute names to inventory columns; ``device_id`` is the key. Those
+    attributes become cohort columns of the features (``validated_telemetry`` joins them).
     """
 
     url: str = ""
@@ -436,6 +437,19 @@ class InventorySource(dg.ConfigurableResource):
 
     def configured(self) -> bool:
         return bool(self.url)
+
+    def cohort_attributes(self) -> tuple[str, ...]:
+        """The attributes joined onto telemetry as cohort columns (none when not configured).
+        They must be named: every column of a fleet table (serial numbers, owners) would otherwise
+        become a cohort."""
+        if not self.configured():
+            return ()
+        if not self.columns:
+            raise ValueError(
+                "the device inventory is configured without ANOMALY_ASSETS_INVENTORY_COLUMNS: name the cohort "
+                'attributes to take from it as JSON {attribute: inventory column}, e.g. {"site": "site_code"}'
+            )
+        return tuple(self.columns)
 
     def describe(self) -> str:
         return f"inventory {redact(self.url)} (table {self.table})" if self.url else "inventory (not configured)"
@@ -525,4 +539,6 @@ def build_inventory_source(settings) -> InventorySource:
     columns = _mapping_from_json(settings.inventory_columns, "ANOMALY_ASSETS_INVENTORY_COLUMNS")
     if not os.environ.get("ANOMALY_ASSETS_INVENTORY_URL"):
         return InventorySource(table=settings.inventory_table, columns=columns)
-    return InventorySource(url=dg.EnvVar("ANOMALY_ASSETS_INVENTORY_URL"), table=settings.inventory_table, columns=columns)
+    source = InventorySource(url=dg.EnvVar("ANOMALY_ASSETS_INVENTORY_URL"), table=settings.inventory_table, columns=columns)
+    source.cohort_attributes()  # a configuration without named attributes fails when the code location loads
+    return source

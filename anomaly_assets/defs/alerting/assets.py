@@ -5,11 +5,13 @@ import dataclasses
 
 import dagster as dg
 
+from anomaly_assets import audit
+from anomaly_assets.core.audit import run_actor
 from anomaly_assets.version import code_version
 from anomaly_assets.core.alerts import ChannelConfigError
 from anomaly_assets.core.incident_days import IncidentDays
 from anomaly_assets.core.incidents import IncidentRules
-from anomaly_assets.defs.partitions import daily_partitions, days_in, markdown_preview, partition_window
+from anomaly_assets.defs.partitions import daily_partitions, days_in, markdown_preview, partition_check_results, partition_window
 from anomaly_assets.explorer import links
 from anomaly_assets.resources import ResultsStore
 from anomaly_assets.resources import incident_store
@@ -145,9 +147,17 @@ def alert_deliveries(context: dg.AssetExecutionContext, results_store: ResultsSt
         channels = alert_router.channel_configs()
     except ChannelConfigError as error:
         raise dg.Failure(description=str(error)) from error
+    if audit.record_channels_if_changed(results_store, run_actor(context.run.run_id, context.run.tags), channels):
+        context.log.info("the alert channels configuration changed since the last run: recorded in the audit trail")
+
+    # The delivery log's state after this run, reported on each day of the run (failed deliveries
+    # of any day are retried by the next run).
+    def on_each_day(result: dg.AssetCheckResult):
+        return partition_check_results(context, dict.fromkeys(days, result))
+
     if not channels:
         yield dg.MaterializeResult(metadata={"status": "no channels configured", "channels": 0})
-        yield dg.AssetCheckResult(check_name="no_failed_deliveries", passed=True, metadata={"status": "no channels configured"})
+        yield from on_each_day(dg.AssetCheckResult(check_name="no_failed_deliveries", passed=True, metadata={"status": "no channels configured"}))
         return
     candidates = incident_store.delivery_candidates(results_store, days)
     report = alert_router.deliver(results_store.engine, candidates, log=context.log.warning)
@@ -169,14 +179,13 @@ def alert_deliveries(context: dg.AssetExecutionContext, results_store: ResultsSt
             "dagster_link": alert_router.asset_url(),
         }
     )
-    yield dg.AssetCheckResult(
-        check_name="no_failed_deliveries",
-        passed=failed.empty,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "failed_deliveries": len(failed),
-            "failures": markdown_preview(failed, rows=20),
-        },
+    yield from on_each_day(
+        dg.AssetCheckResult(
+            check_name="no_failed_deliveries",
+            passed=failed.empty,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"failed_deliveries": len(failed), "failures": markdown_preview(failed, rows=20)},
+        )
     )
 
 

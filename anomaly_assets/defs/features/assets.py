@@ -6,6 +6,7 @@ import pandas as pd
 
 from anomaly_assets.version import code_version
 from anomaly_assets.core.features import FeatureSpec, build_daily_features
+from anomaly_assets.core.inventory import inventory_cohort_columns
 from anomaly_assets.defs.partitions import (
     daily_partitions,
     markdown_preview,
@@ -13,15 +14,18 @@ from anomaly_assets.defs.partitions import (
     partition_window,
     previous_day_lookback,
 )
-from anomaly_assets.resources import TelemetrySource
+from anomaly_assets.resources import InventorySource, TelemetrySource
 from anomaly_assets.resources.parquet_io import ALLOW_MISSING_PARTITIONS, DeviceChunks, PartitionSpool
 
 
-def feature_spec(telemetry_source: TelemetrySource) -> FeatureSpec:
-    """The spec follows the source's contract; the model stores the spec it was trained with."""
+def feature_spec(telemetry_source: TelemetrySource, inventory_source: InventorySource) -> FeatureSpec:
+    """The spec follows the source's contract and the inventory's cohort attributes (joined by
+    validated_telemetry); the model stores the spec it was trained with."""
     contract = telemetry_source.contract()
     return FeatureSpec(
-        metrics=contract.metrics, cohort_columns=contract.cohort_columns, label_columns=telemetry_source.label_columns()
+        metrics=contract.metrics,
+        cohort_columns=inventory_cohort_columns(contract, inventory_source.cohort_attributes()),
+        label_columns=telemetry_source.label_columns(),
     )
 
 
@@ -40,10 +44,13 @@ def feature_spec(telemetry_source: TelemetrySource) -> FeatureSpec:
     description="Per-device rolling features; windows continue across midnight by reading the previous day.",
 )
 def device_features(
-    context: dg.AssetExecutionContext, validated_telemetry: DeviceChunks, telemetry_source: TelemetrySource
+    context: dg.AssetExecutionContext,
+    validated_telemetry: DeviceChunks,
+    telemetry_source: TelemetrySource,
+    inventory_source: InventorySource,
 ) -> dg.Output[PartitionSpool]:
     start, end = partition_window(context)
-    spec = feature_spec(telemetry_source)
+    spec = feature_spec(telemetry_source, inventory_source)
     days = list(pd.date_range(start, end, freq="D", inclusive="left"))
     spool = PartitionSpool(context.partition_keys)
     lookback_rows = 0

@@ -25,15 +25,14 @@ from anomaly_assets.defs.partitions import (
     daily_partitions,
     days_in,
     markdown_preview,
+    partition_check_results,
     partition_metadata,
     partition_window,
 )
-from anomaly_assets.core.inventory import join_inventory
+from anomaly_assets.core.inventory import contract_knowing, join_inventory
 from anomaly_assets.core.timestamps import parse_utc
-from anomaly_assets.defs.inventory.assets import read_inventory
-from anomaly_assets.resources import ResultsStore, TelemetrySource
+from anomaly_assets.resources import InventorySource, ResultsStore, TelemetrySource
 from anomaly_assets.resources.parquet_io import DeviceChunks, PartitionSpool, group_by_device
-from anomaly_assets.resources.sources import InventorySource
 from anomaly_assets.resources.results_store import quarantined_telemetry
 
 OWNERS = ["team:fleet-analytics"]
@@ -59,27 +58,13 @@ SAMPLE_ROWS = 5
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="One day of telemetry rows from the configured source, as delivered.",
 )
-def raw_telemetry(
-    context: dg.AssetExecutionContext, telemetry_source: TelemetrySource, inventory_source: InventorySource
-) -> dg.Output[PartitionSpool]:
+def raw_telemetry(context: dg.AssetExecutionContext, telemetry_source: TelemetrySource) -> dg.Output[PartitionSpool]:
     start, end = partition_window(context)
-    # Cohort attributes from the fleet management database, when one is configured and reachable;
-    # otherwise the telemetry's own columns are used and the metadata says why.
-    inventory, inventory_report = read_inventory(inventory_source)
-    enrich = bool(inventory_report.get("enriched"))
-    if not enrich and "warning" in inventory_report and inventory_source.configured():
-        context.log.warning(str(inventory_report["warning"]))
-    known = set(inventory["device_id"].astype("str")) if enrich else set()
     spool = PartitionSpool(context.partition_keys)
     devices: dict[str, set] = {key: set() for key in spool.keys}
-    missing_from_inventory: set[str] = set()
     mixed: list[str] = []
     # The source's parts as they stream in: a fleet's day is never in memory at once.
     for part in telemetry_source.read_window_chunks(start, end):
-        if enrich and len(part):
-            part, join_report = join_inventory(part, inventory, list(inventory_source.columns) or None)
-            inventory_report = {**inventory_report, **join_report}
-            missing_from_inventory.update(set(part["device_id"].astype("str")) - known)
         # Parquet cannot store a column mixing numbers and text: keep such a column as text (values
         # unchanged as written), so the delivery is stored and validation reports the column's type.
         mixed += [c for c in part.columns if c not in mixed and (part[c].dtype == object and _mixed_types(part[c]))]
@@ -88,14 +73,11 @@ def raw_telemetry(
             if "device_id" in rows:
                 devices[key].update(rows["device_id"].dropna().unique())
             spool.append_to(key, rows)
-    if enrich and "devices_missing_from_inventory" in inventory_report:
-        inventory_report["devices_missing_from_inventory"] = len(missing_from_inventory)
     metadata = {
         key: {
             "dagster/row_count": spool.rows_by_key[key],
             "devices": len(devices[key]),
             "source": telemetry_source.describe(),
-            "inventory": dg.MetadataValue.json({k: v for k, v in inventory_report.items() if k != "devices"}),
             **({"mixed_type_columns_stored_as_text": dg.MetadataValue.json(mixed)} if mixed else {}),
             "preview": markdown_preview(spool.heads.get(key, pd.DataFrame())),
         }
@@ -153,18 +135,29 @@ class ValidationConfig(dg.Config):
         ),
     ],
     description="Rows that pass the telemetry contract (anomaly_assets/contracts/telemetry_contract.yaml), checked "
-    "with Great Expectations; failing rows go to the results table quarantined_telemetry with rule and reason.",
+    "with Great Expectations; failing rows go to the results table quarantined_telemetry with rule and reason. "
+    "The device inventory's cohort attributes (ANOMALY_ASSETS_INVENTORY_COLUMNS) are joined onto the valid rows.",
 )
 def validated_telemetry(
     context: dg.AssetExecutionContext,
     config: ValidationConfig,
     raw_telemetry: DeviceChunks,
+    device_inventory: pd.DataFrame,
     telemetry_source: TelemetrySource,
+    inventory_source: InventorySource,
     results_store: ResultsStore,
 ):
     start, end = partition_window(context)
-    contract = telemetry_source.contract()
+    # The inventory's cohort attributes are joined onto the valid rows; validation itself (what is
+    # quarantined, and why) sees the telemetry as delivered.
+    attributes = inventory_source.cohort_attributes()
+    contract = contract_knowing(telemetry_source.contract(), attributes)
     source = telemetry_source.describe()
+    if attributes and device_inventory.empty:
+        context.log.warning(
+            f"device_inventory holds no devices (see its metadata): {', '.join(attributes)} are 'unknown' for every device"
+        )
+    not_in_inventory: dict[str, int] = {}
     days = days_in(start, end)
     # One validation per partition day and chunk of devices (the contract's rules are per row or
     # per device, so a chunk of whole devices is validated exactly as the whole day would be).
@@ -183,7 +176,11 @@ def validated_telemetry(
             except SchemaError as error:
                 broken.setdefault(day, error)
                 continue
-            spool.append(result.valid)
+            valid = result.valid
+            if attributes:
+                valid, joined = join_inventory(valid, device_inventory, attributes)
+                not_in_inventory[day] = not_in_inventory.get(day, 0) + int(joined["devices_missing_from_inventory"])
+            spool.append(valid)
             parts.setdefault(day, []).append(result.without_valid())
         if broken:  # the schema is the same in every chunk: the first broken one says it all
             break
@@ -191,7 +188,7 @@ def validated_telemetry(
 
     if broken:
         spool.discard()
-        yield from _schema_broken_checks(broken)
+        yield from partition_check_results(context, {day: _schema_broken_check(error) for day, error in broken.items()})
         first_day, first_error = next(iter(broken.items()))
         raise dg.Failure(
             description=f"{source} delivered telemetry that breaks the contract's schema on {', '.join(broken)}; "
@@ -222,28 +219,28 @@ def validated_telemetry(
     results_store.replace_partitions(quarantined_telemetry, days, quarantined)
     # Accounting from what was persisted, not from the counts above: raw parquet rows against the
     # valid rows written and the quarantine rows now in the results database.
-    persisted = {
-        "raw": raw_telemetry.rows,
-        "valid": spool.persisted_rows(),
-        "quarantined": results_store.count(quarantined_telemetry, days),
+    raw_rows, valid_rows = dict(zip(days, raw_telemetry.rows_per_file(), strict=True)), spool.persisted_rows_by_key()
+    accounting = {
+        day: _accounting_check(raw_rows[day], valid_rows[day], results_store.count(quarantined_telemetry, [day]))
+        for day in days
     }
-    accounted = persisted["raw"] == persisted["valid"] + persisted["quarantined"]
-    accounting = dg.AssetCheckResult(
-        check_name="rows_accounted_for",
-        passed=accounted,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata=persisted,
-        description=None
-        if accounted
-        else f"rows were lost: raw {persisted['raw']} != valid {persisted['valid']} + quarantined {persisted['quarantined']}",
-    )
-    if not accounted:
+    lost = {day: check.description for day, check in accounting.items() if not check.passed}
+    if lost:
         spool.discard()
-        yield accounting
-        raise dg.Failure(description=f"validated_telemetry for {', '.join(days)}: {accounting.description}")
+        yield from partition_check_results(context, accounting)
+        raise dg.Failure(description="validated_telemetry: " + "; ".join(f"{day}: {why}" for day, why in lost.items()))
 
     if results:
-        per_day = {day: _validation_metadata(result, contract) for day, result in results.items()}
+        inventory = _inventory_metadata(inventory_source, attributes, device_inventory)
+        per_day = {
+            day: {
+                **_validation_metadata(result, contract),
+                "inventory": dg.MetadataValue.json(
+                    {**inventory, **({"devices_not_in_inventory": not_in_inventory.get(day, 0)} if attributes else {})}
+                ),
+            }
+            for day, result in results.items()
+        }
         if len(days) == 1:
             yield dg.Output(spool, metadata=per_day[days[0]])
         else:
@@ -257,10 +254,20 @@ def validated_telemetry(
             "validated_telemetry is not materialized and nothing downstream runs"
         )
 
+    # Each check's result per day, recorded under its partition (a range run included).
+    of_day = {day: ({day: results[day]} if day in results else {}) for day in days}
     for family, name in FAMILY_CHECKS.items():
-        yield _family_check(name, family, results)
-    yield _bad_row_share_check(results, contract, empty)
-    yield accounting
+        yield from partition_check_results(context, {day: _family_check(name, family, of_day[day]) for day in days})
+    yield from partition_check_results(
+        context, {day: _bad_row_share_check(of_day[day], contract, [d for d in empty if d == day]) for day in days}
+    )
+    yield from partition_check_results(context, accounting)
+
+
+def _inventory_metadata(inventory_source: InventorySource, attributes: tuple[str, ...], inventory: pd.DataFrame) -> dict:
+    if not attributes:
+        return {"joined": False, "source": inventory_source.describe()}
+    return {"joined": True, "cohort_attributes": list(attributes), "inventory_devices": int(inventory["device_id"].nunique())}
 
 
 def _merged_day(parts: list[ValidationResult]) -> ValidationResult:
@@ -293,9 +300,20 @@ def _split_by_day(
     return [raw.loc[row_day == day] for day in day_starts]
 
 
-def _schema_broken_checks(broken: dict[str, SchemaError]):
-    failed = [r for error in broken.values() for r in error.failed_rules]
-    yield dg.AssetCheckResult(
+def _accounting_check(raw: int, valid: int, quarantined: int) -> dg.AssetCheckResult:
+    accounted = raw == valid + quarantined
+    return dg.AssetCheckResult(
+        check_name="rows_accounted_for",
+        passed=accounted,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"raw": raw, "valid": valid, "quarantined": quarantined},
+        description=None if accounted else f"rows were lost: raw {raw} != valid {valid} + quarantined {quarantined}",
+    )
+
+
+def _schema_broken_check(error: SchemaError) -> dg.AssetCheckResult:
+    failed = list(error.failed_rules)
+    return dg.AssetCheckResult(
         check_name=FAMILY_CHECKS["schema"],
         passed=False,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -303,7 +321,6 @@ def _schema_broken_checks(broken: dict[str, SchemaError]):
         metadata={
             "failed_rules": dg.MetadataValue.json([r.summary() for r in failed]),
             "columns": dg.MetadataValue.json(sorted({c for r in failed for c in r.columns})),
-            "partitions": dg.MetadataValue.json(list(broken)),
         },
     )
 

@@ -1,10 +1,15 @@
 """device_inventory (unpartitioned): device metadata from the fleet management database.
 
-Joined onto telemetry as cohort attributes with ``anomaly_assets.core.inventory.join_inventory``.
-When the inventory is not configured (no ``ANOMALY_ASSETS_INVENTORY_URL``) or unreachable, the
-asset materializes an empty frame with a warning in its metadata: enrichment is skipped and
-scoring still runs on the telemetry's own cohort columns.
+Upstream of ``validated_telemetry``, which joins its cohort attributes (the ones named in
+``ANOMALY_ASSETS_INVENTORY_COLUMNS``) onto the valid rows with
+``anomaly_assets.core.inventory.join_inventory``, so they reach the features as cohort columns.
+When the inventory is not configured (no ``ANOMALY_ASSETS_INVENTORY_URL``) the asset materializes
+an empty frame and nothing is joined. When it is unreachable, the frame is empty with a warning in
+its metadata and scoring still runs, with the attributes ``unknown``. Its data version is a hash of
+its content, so validated partitions turn stale in the UI only when the inventory really changed.
 """
+
+import hashlib
 
 import dagster as dg
 import pandas as pd
@@ -33,8 +38,8 @@ def read_inventory(inventory_source: InventorySource) -> tuple[pd.DataFrame, dic
     kinds={"pandas", "parquet"},
     owners=["team:fleet-analytics"],
     code_version=code_version(),
-    description="Device metadata (cohort attributes) from the fleet management database; empty with a "
-    "warning when the inventory is not configured or unreachable.",
+    description="Device metadata (cohort attributes) from the fleet management database, joined onto "
+    "validated_telemetry; empty (with a warning when unreachable) when the inventory is not configured.",
 )
 def device_inventory(context: dg.AssetExecutionContext, inventory_source: InventorySource) -> dg.Output[pd.DataFrame]:
     frame, metadata = read_inventory(inventory_source)
@@ -43,4 +48,13 @@ def device_inventory(context: dg.AssetExecutionContext, inventory_source: Invent
     return dg.Output(
         frame,
         metadata={"dagster/row_count": len(frame), "source": inventory_source.describe(), **metadata},
+        data_version=dg.DataVersion(content_hash(frame)),
     )
+
+
+def content_hash(frame: pd.DataFrame) -> str:
+    """Equal for equal inventories, whatever order the database returned the rows in."""
+    ordered = frame.sort_values(list(frame.columns), ignore_index=True) if len(frame) else frame
+    digest = hashlib.sha256(",".join(map(str, ordered.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(ordered, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -5,7 +5,7 @@ import dagster as dg
 from anomaly_assets.version import code_version
 from anomaly_assets.core.drift import CurrentDistribution
 from anomaly_assets.defs.registry.champion import CHAMPION_MODEL
-from anomaly_assets.defs.partitions import daily_partitions, markdown_preview
+from anomaly_assets.defs.partitions import daily_partitions, markdown_preview, partition_check_results
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
 from anomaly_assets.resources.parquet_io import DeviceChunks
 from anomaly_assets.resources.results_store import feature_drift_results
@@ -71,11 +71,16 @@ def feature_drift(
         if len(context.partition_keys) > 1:
             context.add_asset_metadata(metadata, partition_key=day)
     yield dg.MaterializeResult(metadata=metadata if len(context.partition_keys) == 1 else {})
-    drifted_days = {day: features for day, features in drifted_by_day.items() if features}
-    yield dg.AssetCheckResult(
-        check_name="no_feature_drift",
-        passed=not drifted_days,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"drifted_features_by_day": dg.MetadataValue.json(drifted_days)},
-        description="; ".join(f"{day}: {len(f)} drifted ({', '.join(f[:5])})" for day, f in drifted_days.items()) or None,
+    yield from partition_check_results(
+        context,
+        {
+            day: dg.AssetCheckResult(
+                check_name="no_feature_drift",
+                passed=not drifted,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"drifted_features": dg.MetadataValue.json(drifted)},
+                description=f"{len(drifted)} drifted ({', '.join(drifted[:5])})" if drifted else None,
+            )
+            for day, drifted in drifted_by_day.items()
+        },
     )

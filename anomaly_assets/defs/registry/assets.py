@@ -5,12 +5,14 @@ import dataclasses
 import dagster as dg
 import pandas as pd
 
+from anomaly_assets import audit
+from anomaly_assets.core.audit import run_actor
 from anomaly_assets.version import code_version
-from anomaly_assets.core.promotion import GateConfig, evaluate_gate
+from anomaly_assets.core.promotion import GateConfig, evaluate_gate, unseen_rows
 from anomaly_assets.defs.partitions import daily_partitions
 from anomaly_assets.defs.training.assets import anomaly_detector
 from anomaly_assets.defs.registry.champion import champion_observed
-from anomaly_assets.resources import MlflowModelRegistry
+from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
 from anomaly_assets.resources.registry_client import CHAMPION, PromotionRefused
 
 
@@ -32,7 +34,7 @@ class PromotionConfig(dg.Config):
     code_version=code_version(),
     deps=[anomaly_detector],
     backfill_policy=dg.BackfillPolicy.multi_run(1),
-    description="Shadow-scores the challenger and the champion on the partition's features and moves "
+    description="Shadow-scores the challenger and the champion on the partition's rows neither was trained on and moves "
     "'champion' only when the gate passes; the decision and its reasons go to MLflow tags and metadata.",
 )
 def model_promotion(
@@ -40,6 +42,7 @@ def model_promotion(
     config: PromotionConfig,
     device_features: pd.DataFrame,
     model_registry: MlflowModelRegistry,
+    results_store: ResultsStore,
 ) -> dg.MaterializeResult:
     # The version this partition's training registered (in this run, or the newest for the
     # partition), not the global 'challenger' alias another training run may have moved meanwhile.
@@ -55,9 +58,28 @@ def model_promotion(
             metadata={"decision": "no change", "reason": f"challenger version {challenger_version} is already champion",
                       "champion_version": champion_version}
         )
-    rows = device_features.sort_values(["device_id", "timestamp"], ignore_index=True)
-    challenger = model_registry.load_version(challenger_version).score(rows)
-    champion = model_registry.load_version(champion_version).score(rows)
+    challenger_model = model_registry.load_version(challenger_version)
+    champion_model = model_registry.load_version(champion_version)
+    # Compared on rows neither model was fitted on nor chose its threshold on: the challenger's
+    # held-out day, when the champion was trained on an earlier window.
+    unseen = unseen_rows(device_features, challenger_model.training_summary, champion_model.training_summary)
+    rows = device_features.loc[unseen].sort_values(["device_id", "timestamp"], ignore_index=True)
+    if rows.empty:
+        reason = (
+            f"no rows of partition {context.partition_key} are unseen by both challenger {challenger_version} and "
+            f"champion {champion_version}: materialize a later partition's model_promotion to compare them"
+        )
+        model_registry.tag_version(
+            challenger_version,
+            {"promotion_decision": "refused", "promotion_reasons": reason, "promotion_compared_with": champion_version,
+             "promotion_partition": context.partition_key},
+        )
+        return dg.MaterializeResult(
+            metadata={"decision": "refused", "reasons": dg.MetadataValue.md(f"- fail: {reason}"),
+                      "challenger_version": challenger_version, "champion_version": champion_version, "evaluated_rows": 0}
+        )
+    challenger = challenger_model.score(rows)
+    champion = champion_model.score(rows)
     labels = rows[config.label_column].to_numpy(dtype=bool) if config.label_column in rows else None
     gate = GateConfig(**config.model_dump(exclude={"label_column"}))
     decision = evaluate_gate(challenger, champion, labels, gate)
@@ -71,9 +93,11 @@ def model_promotion(
         },
     )
     if decision.passed:
-        model_registry.set_champion(
+        actor = run_actor(context.run.run_id, context.run.tags)
+        entry = model_registry.set_champion(
             challenger_version, reason="; ".join(decision.reasons), actor=f"model_promotion run {context.run.run_id}"
         )
+        audit.record_champion_change(results_store, actor, entry, action="champion.gate")
     table = pd.DataFrame({"challenger": decision.challenger, "champion": decision.champion}).round(4)
     return dg.MaterializeResult(
         metadata={
@@ -100,27 +124,33 @@ class RollbackConfig(dg.Config):
 
 
 @dg.op
-def promote_model(context: dg.OpExecutionContext, config: PromoteConfig, model_registry: MlflowModelRegistry) -> None:
+def promote_model(
+    context: dg.OpExecutionContext, config: PromoteConfig, model_registry: MlflowModelRegistry, results_store: ResultsStore
+) -> None:
+    actor = run_actor(context.run_id, context.run.tags)
     try:
-        entry = model_registry.promote(
-            config.version, reason=config.reason, actor=f"dagster run {context.run_id}", force=config.force
-        )
+        entry = model_registry.promote(config.version, reason=config.reason, actor=actor.label(), force=config.force)
     except (LookupError, PromotionRefused) as error:  # a refused or unknown version: say so, no traceback
         raise dg.Failure(description=f"version {config.version} was not promoted: {error}") from None
     if entry is None:
         context.log.info(f"version {config.version} is champion already: nothing changed")
         return
-    context.log.info(f"champion moved from version {entry['previous'] or '-'} to {entry['version']}")
+    audit.record_champion_change(results_store, actor, entry)
+    context.log.info(f"champion moved from version {entry['previous'] or '-'} to {entry['version']} (by {actor.who})")
     context.log_event(champion_observed(model_registry, entry))
 
 
 @dg.op
-def rollback_model(context: dg.OpExecutionContext, config: RollbackConfig, model_registry: MlflowModelRegistry) -> None:
+def rollback_model(
+    context: dg.OpExecutionContext, config: RollbackConfig, model_registry: MlflowModelRegistry, results_store: ResultsStore
+) -> None:
+    actor = run_actor(context.run_id, context.run.tags)
     try:
-        entry = model_registry.rollback(reason=config.reason, actor=f"dagster run {context.run_id}")
+        entry = model_registry.rollback(reason=config.reason, actor=actor.label())
     except LookupError as error:
         raise dg.Failure(description=f"nothing to roll back: {error}") from None
-    context.log.info(f"champion rolled back from version {entry['previous']} to {entry['version']}")
+    audit.record_champion_change(results_store, actor, entry)
+    context.log.info(f"champion rolled back from version {entry['previous']} to {entry['version']} (by {actor.who})")
     context.log_event(champion_observed(model_registry, entry))
 
 

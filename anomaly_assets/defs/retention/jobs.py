@@ -7,6 +7,8 @@ import datetime as dt
 import dagster as dg
 import pandas as pd
 
+from anomaly_assets import audit
+from anomaly_assets.core.audit import run_actor
 from anomaly_assets.core.retention import DEFAULT_MAX_AGE_DAYS, VersionInfo, cutoff, plan_archive, validate_ages
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
 from anomaly_assets.resources.registry_client import CHAMPION
@@ -109,6 +111,17 @@ def archive_model_versions(context: dg.OpExecutionContext, config: ArchiveConfig
     return report
 
 
+@dg.op(description="Record the run in the audit trail unless it was a dry run (which changes nothing).")
+def audit_retention_run(context: dg.OpExecutionContext, purged: dict, archived: dict, results_store: ResultsStore) -> None:
+    if purged["dry_run"]:
+        return
+    deleted = ", ".join(f"{t['table']} {t['deleted']:,}" for t in purged["tables"] if t["deleted"]) or "none"
+    versions = ", ".join(archived.get("archived") or []) or "none"
+    detail = f"deleted rows: {deleted} (days before the cut-offs, as of {purged['as_of']}); archived model versions: {versions}"
+    source = "scheduled" if context.run.tags.get("dagster/schedule_name") else "manual"
+    audit.record(results_store, run_actor(context.run_id, context.run.tags), "retention.run", "retention_job", detail, f"{source} retention run")
+
+
 @dg.config_mapping
 def _retention_run_config(config: RetentionConfig) -> dg.RunConfig:
     return dg.RunConfig(
@@ -127,8 +140,7 @@ def _retention_run_config(config: RetentionConfig) -> dg.RunConfig:
     "model versions archived=true (run config: dry_run, max_age_days, keep_last_versions, batch_size, as_of).",
 )
 def retention_job():
-    purge_old_results()
-    archive_model_versions()
+    audit_retention_run(purge_old_results(), archive_model_versions())
 
 
 weekly_retention_schedule = dg.ScheduleDefinition(

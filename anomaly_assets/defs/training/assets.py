@@ -1,5 +1,8 @@
-"""cohort_stats, baselines and anomaly_detector, fitted on the training window ending with the
-partition's day (the last ``training_days`` days), never on the days being scored."""
+"""cohort_stats, baselines and anomaly_detector, from the training window ending with the
+partition's day (the last ``training_days`` days), never the days being scored. Within the
+window, cohort stats, baselines and detectors are fitted on the fitting slice only; the detector's
+threshold is chosen on the validation day and its quality measured on the held-out day after it
+(``core.detector.training_slices``)."""
 
 
 import dataclasses
@@ -8,14 +11,17 @@ import os
 import dagster as dg
 import pandas as pd
 
+from anomaly_assets import audit
+from anomaly_assets.core.audit import run_actor
 from anomaly_assets.version import code_version
 from anomaly_assets.core.baselines import fit_baselines
 from anomaly_assets.core.cohorts import fit_cohort_stats
 from anomaly_assets import reports
-from anomaly_assets.core.detector import DetectorConfig, split_by_time, train_detector
+from anomaly_assets.core.detector import DetectorConfig, fit_slice, train_detector, training_slices
 from anomaly_assets.defs.features.assets import feature_spec
 from anomaly_assets.defs.partitions import daily_partitions, markdown_preview, training_window
-from anomaly_assets.resources import MlflowModelRegistry, TelemetrySource
+from anomaly_assets.resources import InventorySource, MlflowModelRegistry, ResultsStore, TelemetrySource
+from anomaly_assets.resources.registry_client import CHAMPION
 
 TRAINING = dict(
     partitions_def=daily_partitions,
@@ -32,15 +38,37 @@ def _window_metadata(features: pd.DataFrame) -> dict:
     return {"training_days": dg.MetadataValue.json(sorted(days)), "training_rows": len(features)}
 
 
+class TrainingSliceConfig(dg.Config):
+    """How the training window is cut: the same values as anomaly_detector's run config."""
+
+    validation_days: int = DetectorConfig.validation_days
+    holdout_days: int = DetectorConfig.holdout_days
+    validation_share: float = DetectorConfig.validation_share
+    holdout_share: float = DetectorConfig.holdout_share
+
+
+def _fit_rows(features: pd.DataFrame, config: TrainingSliceConfig) -> tuple[pd.DataFrame, dict]:
+    rows = fit_slice(features, DetectorConfig(**config.model_dump()))
+    days = rows["timestamp"].dt.strftime("%Y-%m-%d").unique()
+    return rows, {"fit_days": dg.MetadataValue.json(sorted(days)), "fit_rows": len(rows)}
+
+
 @dg.asset(**TRAINING, kinds={"pandas", "parquet"}, code_version=code_version(), ins=TRAINING_WINDOW_IN)
-def cohort_stats(device_features: pd.DataFrame, telemetry_source: TelemetrySource) -> dg.Output[pd.DataFrame]:
-    """Mean and spread per (cohort, hour of day, metric) over the training window."""
-    spec = feature_spec(telemetry_source)
-    stats = fit_cohort_stats(device_features, spec.metrics, spec.cohort_columns)
+def cohort_stats(
+    config: TrainingSliceConfig,
+    device_features: pd.DataFrame,
+    telemetry_source: TelemetrySource,
+    inventory_source: InventorySource,
+) -> dg.Output[pd.DataFrame]:
+    """Mean and spread per (cohort, hour of day, metric) over the training window's fitting slice."""
+    spec = feature_spec(telemetry_source, inventory_source)
+    rows, fit_metadata = _fit_rows(device_features, config)
+    stats = fit_cohort_stats(rows, spec.metrics, spec.cohort_columns)
     return dg.Output(
         stats,
         metadata={
             **_window_metadata(device_features),
+            **fit_metadata,
             "dagster/row_count": len(stats),
             "cohorts": int(stats["cohort"].nunique()),
             "preview": markdown_preview(stats),
@@ -49,13 +77,24 @@ def cohort_stats(device_features: pd.DataFrame, telemetry_source: TelemetrySourc
 
 
 @dg.asset(**TRAINING, kinds={"pandas", "parquet"}, code_version=code_version(), ins=TRAINING_WINDOW_IN)
-def baselines(device_features: pd.DataFrame, telemetry_source: TelemetrySource) -> dg.Output[pd.DataFrame]:
-    """Per-cohort p01/p50/p99 of every metric over the training window."""
-    spec = feature_spec(telemetry_source)
-    table = fit_baselines(device_features, spec.metrics, spec.cohort_columns)
+def baselines(
+    config: TrainingSliceConfig,
+    device_features: pd.DataFrame,
+    telemetry_source: TelemetrySource,
+    inventory_source: InventorySource,
+) -> dg.Output[pd.DataFrame]:
+    """Per-cohort p01/p50/p99 of every metric over the training window's fitting slice."""
+    spec = feature_spec(telemetry_source, inventory_source)
+    rows, fit_metadata = _fit_rows(device_features, config)
+    table = fit_baselines(rows, spec.metrics, spec.cohort_columns)
     return dg.Output(
         table,
-        metadata={**_window_metadata(device_features), "dagster/row_count": len(table), "preview": markdown_preview(table)},
+        metadata={
+            **_window_metadata(device_features),
+            **fit_metadata,
+            "dagster/row_count": len(table),
+            "preview": markdown_preview(table),
+        },
     )
 
 
@@ -63,8 +102,10 @@ DAGSTER_UI_URL = os.environ.get("DAGSTER_UI_URL", "http://127.0.0.1:3000").rstri
 
 
 def _training_figures(model, device_features, detector_config, label_columns):
-    """Pictures of the validation slice: score distribution, ROC/PR curves, feature contributions."""
-    _, validation = split_by_time(device_features, detector_config.validation_days)
+    """Pictures of the held-out slice (the validation slice without one): score distribution,
+    ROC/PR curves, feature contributions."""
+    _, validation, holdout = training_slices(device_features, detector_config)
+    validation = holdout if len(holdout) else validation
     scored = model.score(validation)
     label = next((c for c in label_columns if c.startswith("is_")), None)
     labels = validation[label].to_numpy(dtype=bool) if label in validation else None
@@ -78,11 +119,13 @@ def _training_figures(model, device_features, detector_config, label_columns):
     return figures, contributions
 
 
-class DetectorTrainingConfig(dg.Config):
+class DetectorTrainingConfig(TrainingSliceConfig):
     n_estimators: int = DetectorConfig.n_estimators
     max_samples: int = DetectorConfig.max_samples
-    validation_days: int = DetectorConfig.validation_days
-    target_alert_rate: float = DetectorConfig.target_alert_rate
+    members: list[str] = list(DetectorConfig.members)
+    # Alert events (flagged rows merged when close) per device per day on the validation slice.
+    alert_budget: float = DetectorConfig.alert_budget
+    event_merge_samples: int = DetectorConfig.event_merge_samples
     random_state: int = DetectorConfig.random_state
 
 
@@ -91,7 +134,9 @@ class DetectorTrainingConfig(dg.Config):
     kinds={"scikitlearn", "mlflow"},
     code_version=code_version(),
     ins=TRAINING_WINDOW_IN,
-    description="IsolationForest on features plus cohort z-scores, registered in MLflow with everything scoring needs.",
+    description="Ensemble (IsolationForest, PCA reconstruction, per-device robust z) fitted on the window's fitting "
+    "slice, threshold on the validation day, quality on the held-out day; registered in MLflow with everything "
+    "scoring needs.",
 )
 def anomaly_detector(
     context: dg.AssetExecutionContext,
@@ -100,10 +145,12 @@ def anomaly_detector(
     cohort_stats: pd.DataFrame,
     baselines: pd.DataFrame,
     telemetry_source: TelemetrySource,
+    inventory_source: InventorySource,
     model_registry: MlflowModelRegistry,
+    results_store: ResultsStore,
 ) -> dg.MaterializeResult:
-    spec = feature_spec(telemetry_source)
-    detector_config = DetectorConfig(**config.model_dump())
+    spec = feature_spec(telemetry_source, inventory_source)
+    detector_config = DetectorConfig(**{**config.model_dump(), "members": tuple(config.members)})
     model, metrics = train_detector(device_features, cohort_stats, baselines, spec, detector_config)
     window = _window_metadata(device_features)
     days = window["training_days"].value
@@ -130,6 +177,9 @@ def anomaly_detector(
     finally:
         reports.close(figures)
     context.log.info(f"registered {registered.name} version {registered.version} with aliases {registered.aliases}")
+    if CHAMPION in registered.aliases:
+        first = {"version": registered.version, "previous": "", "reason": "first trained version"}
+        audit.record_champion_change(results_store, run_actor(context.run.run_id, context.run.tags), first, "champion.first")
     return dg.MaterializeResult(
         metadata={
             **window,
@@ -144,7 +194,8 @@ def anomaly_detector(
             "feature_contributions": markdown_preview(contributions.round(4), rows=10),
             "aliases": dg.MetadataValue.json(list(registered.aliases)),
             "threshold": float(model.threshold),
+            # Named for the demo summary, which reads it: holdout metrics and threshold_slice_* ones.
             "validation_metrics": dg.MetadataValue.json({k: round(float(v), 4) for k, v in metrics.items()}),
-            **{f"validation_{k}": float(v) for k, v in metrics.items() if k in ("auc_roc", "auc_pr", "f1")},
+            **{f"holdout_{k}": float(v) for k, v in metrics.items() if k in ("auc_roc", "auc_pr", "f1", "event_f1")},
         }
     )
