@@ -116,14 +116,15 @@ def _model_show(args: argparse.Namespace) -> int:
 
 
 def _results_store():
-    """The results database of this environment (ANOMALY_ASSETS_RESULTS_URL in production)."""
-    from anomaly_assets.resources.results_store import ResultsStore, production_results_store
+    """The results database of this environment (ANOMALY_ASSETS_RESULTS_URL in production), without
+    Dagster: `model promote|rollback` write the audit trail and stay quick."""
+    from anomaly_assets.resources.results_store import ResultsDatabase, production_results_url
 
     settings = Settings.from_env()
     if settings.environment == "production":
-        return production_results_store()
+        return ResultsDatabase(url=production_results_url())
     settings.home.mkdir(parents=True, exist_ok=True)
-    return ResultsStore(url=settings.results_url)
+    return ResultsDatabase(url=settings.results_url)
 
 
 def _model_promote(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ _EXPORTS = {
     "MlflowModelRegistry": "model_registry",
     "ModelRegistryClient": "registry_client",
     "PartitionedParquetIOManager": "parquet_io",
-    "ResultsStore": "results_store",
+    "ResultsStore": "results_resource",
     "SyntheticFleetSource": "telemetry_source",
     "TelemetrySource": "telemetry_source",
     "SqlTelemetrySource": "sources",
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from anomaly_assets.resources.model_registry import MlflowModelRegistry
     from anomaly_assets.resources.registry_client import ModelRegistryClient
     from anomaly_assets.resources.parquet_io import PartitionedParquetIOManager
-    from anomaly_assets.resources.results_store import ResultsStore
+    from anomaly_assets.resources.results_resource import ResultsStore
     from anomaly_assets.resources.sources import (
         FileTelemetrySource,
         InventorySource,
