@@ -37,9 +37,11 @@ def home(tmp_path_factory):
     # MLflow's process-wide store: training, scoring and the registry must never read, set or write it.
     os.environ["MLFLOW_TRACKING_URI"] = _process_wide(home)  # the steps' processes too
     mlflow.set_tracking_uri(_process_wide(home))
+    mlflow.set_registry_uri(_process_wide(home))  # an earlier test in this process may have set another
     assert main(["demo", "--devices", "30", "--days", "9", "--seed", "11", "--home", str(home), "--json"]) == 0
     yield home
     mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
     os.environ.clear()
     os.environ.update(saved)
 
@@ -77,11 +79,13 @@ def test_first_version_is_tagged_challenger_and_champion(registry):
 
 def test_pyfunc_champion_scores_raw_telemetry_exactly_like_scored_anomalies(home, registry):
     mlflow.set_tracking_uri(registry.tracking_uri)  # as a user would; the project never does
+    mlflow.set_registry_uri(registry.tracking_uri)
     path = list(sys.path)
     try:
         model = mlflow.pyfunc.load_model(f"models:/{registry.model_name}@champion")
     finally:  # MLflow puts the package's code first on sys.path: later tests' workers must not import it
         mlflow.set_tracking_uri(_process_wide(home))
+        mlflow.set_registry_uri(_process_wide(home))
         sys.path[:] = path
     raw = pd.concat(
         [pd.read_parquet(home / "parquet" / "raw_telemetry" / f"{d}.parquet") for d in ("2026-11-07", "2026-11-08")],
@@ -153,7 +157,8 @@ def test_mlflow_models_serve_answers_with_the_batch_scores(home, registry, tmp_p
     rows, score_from, batch = _latest_flagged_window(home, registry.load_version("1").spec, "2026-11-08")
     assert batch["is_anomaly"].any() and len(batch) >= 12
     port, log = free_port(), tmp_path / "serve.log"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri, "MLFLOW_REGISTRY_URI": registry.tracking_uri,
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
     server = subprocess.Popen(
         [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{registry.model_name}@champion",
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
@@ -179,7 +184,10 @@ def test_mlflow_models_serve_answers_with_the_batch_scores(home, registry, tmp_p
         refused = requests.post(f"{url}/invocations", json=body, timeout=60)
         assert refused.status_code == 400 and "data_used_mb_today" in refused.json()["message"]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker
+        try:
+            os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker
+        except ProcessLookupError:
+            pass  # the group is gone already
         server.wait(timeout=30)
 
 

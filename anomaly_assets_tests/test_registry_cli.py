@@ -138,7 +138,10 @@ def test_two_registries_in_one_process_do_not_interfere(registry, tmp_path, monk
     process-wide URI, which here points at a third store that must stay empty."""
     monkeypatch.chdir(tmp_path)  # MLflow's default store would be ./mlflow.db
     decoy = f"sqlite:///{tmp_path / 'decoy.db'}"
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow exports what it is set to
+        monkeypatch.setenv(variable, decoy)
     mlflow.set_tracking_uri(decoy)
+    mlflow.set_registry_uri(decoy)
     try:
         other = ModelRegistryClient(tracking_uri=f"sqlite:///{tmp_path / 'other.db'}", artifact_location=(tmp_path / "other").as_uri())
         other.client().create_registered_model(other.model_name)
@@ -168,3 +171,4 @@ def test_two_registries_in_one_process_do_not_interfere(registry, tmp_path, monk
         assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
     finally:
         mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)

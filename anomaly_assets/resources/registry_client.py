@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import json
 import os
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
@@ -134,10 +135,8 @@ class RegistryOperations:
             except MlflowException as error:
                 if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                     raise
-            # The package's own location as source: MLflow's SQL registry would resolve a
-            # models:/<id> source through the process-wide tracking URI.
             version = client.create_model_version(
-                self.model_name, source=logged.artifact_location, run_id=run_id, tags=tags, model_id=logged.model_id
+                self.model_name, source=self._version_source(logged), run_id=run_id, tags=tags, model_id=logged.model_id
             )
         except MlflowException as error:
             raise self._error(f"failed to register {self.model_name}", error) from None
@@ -154,6 +153,14 @@ class RegistryOperations:
                 f"failed to set aliases on {self.model_name} version {version.version} (the version was deleted)", error
             ) from None
         return RegisteredVersion(self.model_name, str(version.version), run_id, tuple(aliases), experiment_id)
+
+    def _version_source(self, logged) -> str:
+        """A new version's source: ``models:/<logged model id>`` as MLflow's own ``log_model``
+        registers it, except on a local store (SQL or files), whose registry would resolve that URI
+        through the process-wide tracking URI (a TODO in MLflow's stores): there, the package's
+        own location, the same files."""
+        remote = urllib.parse.urlparse(self.tracking_uri).scheme in ("http", "https", "databricks")
+        return f"models:/{logged.model_id}" if remote else logged.artifact_location
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
