@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export ANOMALY_ASSETS_HOME ?= $(CURDIR)/.anomaly_home
 export DAGSTER_HOME ?= $(ANOMALY_ASSETS_HOME)/dagster
 
-.PHONY: install demo test dev mlflow clean bench explore
+.PHONY: install demo test dev mlflow serve clean bench explore
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ dev: install
 
 mlflow: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(ANOMALY_ASSETS_HOME)/mlflow/mlflow.db --port 5000
+
+# MLflow's own scoring server on the champion (online scoring; it starts uvicorn by name, hence PATH).
+SERVE_PORT ?= 5001
+serve: install
+	PATH=$(abspath $(BIN)):$$PATH MLFLOW_TRACKING_URI=sqlite:///$(ANOMALY_ASSETS_HOME)/mlflow/mlflow.db \
+		$(BIN)/mlflow models serve -m models:/fleet_anomaly_detector@champion --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
 
 clean:
 	rm -rf $(ANOMALY_ASSETS_HOME)

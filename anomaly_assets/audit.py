@@ -14,13 +14,13 @@ import sqlalchemy as sa
 
 from anomaly_assets.core.audit import ACTIONS, Actor, champion_change, channels_fingerprint
 from anomaly_assets.redaction import redact
-from anomaly_assets.resources.results_store import ResultsStore, audit_log
+from anomaly_assets.resources.results_store import ResultsOperations, audit_log
 
 CHAMPION_ACTIONS = {"promote": "champion.promote", "rollback": "champion.rollback"}
 
 
 def record(
-    store: ResultsStore, actor: Actor, action: str, subject: str, detail: str, reason: str | None = None
+    store: ResultsOperations, actor: Actor, action: str, subject: str, detail: str, reason: str | None = None
 ) -> dict:
     if action not in ACTIONS:
         raise ValueError(f"unknown audit action {action!r}; known: {ACTIONS}")
@@ -39,14 +39,14 @@ def record(
     return row
 
 
-def record_champion_change(store: ResultsStore, actor: Actor, entry: Mapping[str, str], action: str | None = None) -> dict:
+def record_champion_change(store: ResultsOperations, actor: Actor, entry: Mapping[str, str], action: str | None = None) -> dict:
     """One row for a champion-history entry (``MlflowModelRegistry.set_champion``'s return)."""
     subject, detail = champion_change(entry)
     action = action or CHAMPION_ACTIONS.get(entry.get("action", ""), "champion.promote")
     return record(store, actor, action, subject, detail, entry.get("reason"))
 
 
-def record_channels_if_changed(store: ResultsStore, actor: Actor, channels: list) -> dict | None:
+def record_channels_if_changed(store: ResultsOperations, actor: Actor, channels: list) -> dict | None:
     """Record the alert channels when their configuration differs from the last one recorded."""
     digest, description = channels_fingerprint(channels)
     last = entries(store, action="alert_channels.change", limit=1)
@@ -59,7 +59,7 @@ def record_channels_if_changed(store: ResultsStore, actor: Actor, channels: list
     )  # fmt: skip
 
 
-def entries(store: ResultsStore, action: str | None = None, limit: int = 200) -> list[dict]:
+def entries(store: ResultsOperations, action: str | None = None, limit: int = 200) -> list[dict]:
     """The newest ``limit`` rows (of one action, or prefix such as ``champion``), oldest first."""
     query = sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
     if action:

@@ -39,19 +39,24 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _registry():
-    """The registry build_resources picks for this environment, built without importing every
-    source driver and scikit-learn: `model` commands load nothing but the MLflow client."""
-    import dagster as dg
-
-    from anomaly_assets.resources.model_registry import MlflowModelRegistry
+    """The registry build_resources picks for this environment, as the plain client: `model`
+    commands load the MLflow client and nothing of Dagster, scikit-learn or the source drivers."""
+    from anomaly_assets.resources.registry_client import ModelRegistryClient
 
     for noisy in ("mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     settings = Settings.from_env()
+    timeout = settings.mlflow_timeout_seconds
     if settings.environment == "production":
-        # Resolves the EnvVar (it builds an ephemeral Dagster instance: ~1 s, only needed here).
-        return MlflowModelRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")).process_config_and_initialize()
-    return MlflowModelRegistry(tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifact_location)
+        uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+        if not uri:
+            raise ValueError("ANOMALY_ASSETS_ENV=production reads the MLflow server from MLFLOW_TRACKING_URI, which is not set")
+        return ModelRegistryClient(tracking_uri=uri, request_timeout_seconds=timeout)
+    return ModelRegistryClient(
+        tracking_uri=settings.mlflow_tracking_uri,
+        artifact_location=settings.mlflow_artifact_location,
+        request_timeout_seconds=timeout,
+    )
 
 
 def _print(args: argparse.Namespace, payload, text: str) -> None:
@@ -86,15 +91,40 @@ def _model_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_show(args: argparse.Namespace) -> int:
+    registry = _registry()
+    v = registry.version_details(None if args.version is None else str(args.version))
+    metrics = "  ".join(f"{k}={int(x) if float(x).is_integer() else round(x, 4)}" for k, x in sorted(v["metrics"].items()))
+    lines = [
+        f"{registry.model_name} version {v['version']} ({', '.join(v['aliases']) or 'no alias'}) at {registry.where}",
+        f"  created {v['created']}, training window {v['training_window'] or '-'}, run {v['run_id'] or '-'}",
+        f"  metrics: {metrics or '-'}",
+    ]
+    if v["gate"]:
+        against = f" against version {v['gate_compared_with']}" if v["gate_compared_with"] else ""
+        lines.append(f"  gate {v['gate']}{against}: {v['gate_reasons'] or 'no reasons recorded'}")
+    if v["inputs"]:
+        lines.append("  a scoring request's rows carry: " + ", ".join(f"{c['name']} ({c['type']})" for c in v["inputs"]))
+        lines += [f"  param {p['name']} ({p['type']}, default {p['default']!r})" for p in v["params"]]
+        lines.append(
+            f"  serve it: mlflow models serve -m models:/{registry.model_name}/{v['version']} --env-manager local"
+        )
+    else:
+        lines.append("  no signature (registered before versions carried one): retrain to serve it")
+    _print(args, v, "\n".join(lines))
+    return 0
+
+
 def _results_store():
-    """The results database of this environment (ANOMALY_ASSETS_RESULTS_URL in production)."""
-    from anomaly_assets.resources.results_store import ResultsStore, production_results_store
+    """The results database of this environment (ANOMALY_ASSETS_RESULTS_URL in production), without
+    Dagster: `model promote|rollback` write the audit trail and stay quick."""
+    from anomaly_assets.resources.results_store import ResultsDatabase, production_results_url
 
     settings = Settings.from_env()
     if settings.environment == "production":
-        return production_results_store()
+        return ResultsDatabase(url=production_results_url())
     settings.home.mkdir(parents=True, exist_ok=True)
-    return ResultsStore(url=settings.results_url)
+    return ResultsDatabase(url=settings.results_url)
 
 
 def _model_promote(args: argparse.Namespace) -> int:
@@ -285,13 +315,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_evaluate)
 
     model = commands.add_parser(
-        "model", help="list, promote and roll back detector versions in the MLflow registry",
+        "model", help="list, show, promote and roll back detector versions in the MLflow registry",
         description="Manage the registered detector: the 'champion' alias is what scoring uses.",
     )
     actions = model.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="versions with aliases, training window, metrics, gate decision and reasons")
     listing.add_argument("--json", action="store_true", help="print as JSON")
     listing.set_defaults(handler=_model_list)
+    show = actions.add_parser(
+        "show",
+        help="one version: aliases, metrics, gate decision, and the columns a scoring request carries",
+        description="One version (default: the champion): aliases, training window, its run's metrics, the "
+        "gate's decision and reasons, and its signature (the columns and params a scoring request carries).",
+    )
+    show.add_argument("--version", type=int, help="the model version (default: the champion)")
+    show.add_argument("--json", action="store_true", help="print as JSON (with the version's tags)")
+    show.set_defaults(handler=_model_show)
     promote = actions.add_parser(
         "promote",
         help="point 'champion' at a version",

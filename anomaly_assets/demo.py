@@ -298,6 +298,9 @@ def commands(settings: Settings) -> dict[str, str]:
         "dagster": f"{env} DAGSTER_HOME={settings.dagster_home} .venv/bin/dagster dev -w workspace.yaml",
         "mlflow": f".venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri} --port 5000",
         "explorer": f"ANOMALY_ASSETS_HOME={settings.home} .venv/bin/anomaly-assets explore",
+        # MLflow's scoring server starts uvicorn by name: the venv's bin must be on PATH.
+        "serve": f"PATH=.venv/bin:$PATH MLFLOW_TRACKING_URI={settings.mlflow_tracking_uri} mlflow models serve "
+        "-m models:/fleet_anomaly_detector@champion --env-manager local --port 5001",
     }
 
 
@@ -351,5 +354,7 @@ def format_demo_report(report: DemoReport) -> str:
         f"     (or: {cmd['dagster']})",
         "  MLflow UI                                     make mlflow    -> http://127.0.0.1:5000",
         f"     (or: {cmd['mlflow']})",
+        "  online scoring, MLflow's server on champion   make serve     -> http://127.0.0.1:5001/invocations",
+        f"     (or: {cmd['serve']})",
     ]
     return "\n".join(lines)

@@ -404,7 +404,8 @@ def test_a_webhook_url_with_credentials_and_a_token_path_leaks_nowhere(tmp_path,
 
 
 def test_mlflow_down_fails_fast_and_honestly_without_its_credentials(tmp_path):
-    from anomaly_assets.resources.model_registry import MlflowModelRegistry, RegistryError
+    from anomaly_assets.resources.model_registry import MlflowModelRegistry
+    from anomaly_assets.resources.registry_client import RegistryError
 
     port = free_port()  # nothing listens: an outage
     uri = f"http://fleet:{SECRET}@127.0.0.1:{port}"

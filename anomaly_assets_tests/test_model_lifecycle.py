@@ -5,30 +5,49 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import dagster as dg
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import requests
+from mlflow.models import Model
 
 from anomaly_assets.cli import main
 from anomaly_assets.core.promotion import GateConfig, evaluate_gate
 from anomaly_assets.definitions import build_definitions
-from anomaly_assets.resources.model_registry import MlflowModelRegistry, RegistryError
-from anomaly_assets_tests.conftest import small_settings
+from anomaly_assets.model_package import serving_columns
+from anomaly_assets.resources.model_registry import MlflowModelRegistry
+from anomaly_assets.resources.registry_client import RegistryError
+from anomaly_assets_tests.conftest import free_port, small_settings, wait_http
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     saved = dict(os.environ)
     home = tmp_path_factory.mktemp("lifecycle") / "home"
+    # MLflow's process-wide store: training, scoring and the registry must never read, set or write it.
+    os.environ["MLFLOW_TRACKING_URI"] = _process_wide(home)  # the steps' processes too
+    mlflow.set_tracking_uri(_process_wide(home))
+    mlflow.set_registry_uri(_process_wide(home))  # an earlier test in this process may have set another
     assert main(["demo", "--devices", "30", "--days", "9", "--seed", "11", "--home", str(home), "--json"]) == 0
     yield home
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
     os.environ.clear()
     os.environ.update(saved)
+
+
+def _process_wide(home: Path) -> str:
+    return f"sqlite:///{home.parent / 'process_wide.db'}"
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +78,20 @@ def test_first_version_is_tagged_challenger_and_champion(registry):
 
 
 def test_pyfunc_champion_scores_raw_telemetry_exactly_like_scored_anomalies(home, registry):
-    mlflow.set_tracking_uri(registry.tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{registry.model_name}@champion")
+    mlflow.set_tracking_uri(registry.tracking_uri)  # as a user would; the project never does
+    mlflow.set_registry_uri(registry.tracking_uri)
+    path = list(sys.path)
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{registry.model_name}@champion")
+    finally:  # MLflow puts the package's code first on sys.path: later tests' workers must not import it
+        mlflow.set_tracking_uri(_process_wide(home))
+        mlflow.set_registry_uri(_process_wide(home))
+        sys.path[:] = path
     raw = pd.concat(
         [pd.read_parquet(home / "parquet" / "raw_telemetry" / f"{d}.parquet") for d in ("2026-11-07", "2026-11-08")],
         ignore_index=True,
     )
-    predicted = model.predict(raw)
-    predicted = predicted.loc[predicted["timestamp"] >= pd.Timestamp("2026-11-08", tz="UTC")].reset_index(drop=True)
+    predicted = model.predict(raw, params={"score_from": "2026-11-08"})  # day D-1 is lookback only
     scored = pd.read_parquet(home / "parquet" / "scored_anomalies" / "2026-11-08.parquet")
     assert len(predicted) == len(scored) > 0
     pd.testing.assert_series_equal(predicted["device_id"], scored["device_id"], check_dtype=False)
@@ -75,6 +100,95 @@ def test_pyfunc_champion_scores_raw_telemetry_exactly_like_scored_anomalies(home
     np.testing.assert_allclose(predicted["score"], scored["score"], rtol=1e-9, atol=1e-12)
     assert (predicted["is_anomaly"].to_numpy() == scored["is_anomaly"].to_numpy()).all()
     assert (predicted["top_feature_1"].to_numpy() == scored["top_feature_1"].to_numpy()).all()
+
+
+def test_each_version_carries_a_signature_an_input_example_and_only_the_scoring_code(registry):
+    client = registry.client()
+    package = Path(client.get_model_version_download_uri(registry.model_name, "1").removeprefix("file://"))
+    meta = Model.load(package)
+    path = list(sys.path)
+    spec = MlflowModelRegistry(tracking_uri=registry.tracking_uri).load_version("1").spec  # a fresh load
+    assert sys.path == path  # the package's code folder stays out of the process's imports
+    assert [c.name for c in meta.signature.inputs.inputs] == serving_columns(spec)
+    assert {p.name for p in meta.signature.params.params} == {"score_from"}
+    assert "score" in meta.signature.outputs.input_names()
+    example = json.loads((package / meta.saved_input_example_info["serving_input_path"]).read_text())
+    assert example["dataframe_split"]["columns"] == serving_columns(spec) and example["params"]["score_from"]
+    code = {p.relative_to(package / "code" / "anomaly_assets").as_posix() for p in (package / "code").rglob("*.py")}
+    assert {"model_package.py", "core/detector.py", "core/features.py"} <= code
+    assert not {c for c in code if c.startswith(("defs/", "explorer/", "resources/")) or c in ("cli.py", "demo.py")}
+
+
+def test_model_show_names_what_a_scoring_request_carries(home, registry, capsys, restore_environ):
+    os.environ["ANOMALY_ASSETS_HOME"] = str(home)
+    assert main(["model", "show", "--json"]) == 0  # the champion
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["version"] == "1" and "champion" in shown["aliases"] and shown["metrics"]["auc_pr"] == shown["auc_pr"]
+    assert [c["name"] for c in shown["inputs"]] == serving_columns(registry.load_version("1").spec)
+    assert [p["name"] for p in shown["params"]] == ["score_from"]
+    assert main(["model", "show", "--version", "1"]) == 0
+    assert "serve it: mlflow models serve -m models:/fleet_anomaly_detector/1" in capsys.readouterr().out
+    assert main(["model", "show", "--version", "99"]) == 2
+    assert "no version 99" in capsys.readouterr().err
+
+
+def _latest_flagged_window(home: Path, spec, day: str) -> tuple[pd.DataFrame, str, pd.DataFrame]:
+    """The latest window of the device flagged last on ``day``: its validated telemetry from the
+    lookback before its last flagged row (less an hour) to the end of the day, the score_from, and
+    the batch scores of those rows."""
+    scored = pd.read_parquet(home / "parquet" / "scored_anomalies" / f"{day}.parquet")
+    last_flag = scored.loc[scored["is_anomaly"]].sort_values("timestamp").iloc[-1]
+    score_from = last_flag["timestamp"] - pd.Timedelta("1h")
+    previous = (pd.Timestamp(day) - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    telemetry = pd.concat(
+        [pd.read_parquet(home / "parquet" / "validated_telemetry" / f"{d}.parquet") for d in (previous, day)],
+        ignore_index=True,
+    )
+    rows = telemetry.loc[
+        (telemetry["device_id"] == last_flag["device_id"]) & (telemetry["timestamp"] >= score_from - spec.lookback)
+    ]
+    batch = scored.loc[(scored["device_id"] == last_flag["device_id"]) & (scored["timestamp"] >= score_from)]
+    return rows[serving_columns(spec)], score_from.isoformat(), batch.reset_index(drop=True)
+
+
+def test_mlflow_models_serve_answers_with_the_batch_scores(home, registry, tmp_path):
+    """MLflow's own scoring server, on the champion, scores a device's latest window as scored_anomalies did."""
+    assert registry.alias_version("champion") == "1"  # the version that scored 2026-11-08
+    rows, score_from, batch = _latest_flagged_window(home, registry.load_version("1").spec, "2026-11-08")
+    assert batch["is_anomaly"].any() and len(batch) >= 12
+    port, log = free_port(), tmp_path / "serve.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri, "MLFLOW_REGISTRY_URI": registry.tracking_uri,
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{registry.model_name}@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/ping", server, log, timeout=120)
+        body = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False, date_format="iso")),
+                "params": {"score_from": score_from}}  # fmt: skip
+        answer = requests.post(f"{url}/invocations", json=body, timeout=60)
+        assert answer.status_code == 200, answer.text[:2000]
+        served = pd.DataFrame(answer.json()["predictions"])
+        assert served["device_id"].tolist() == batch["device_id"].tolist()
+        assert (pd.to_datetime(served["timestamp"], utc=True) == batch["timestamp"]).all()
+        np.testing.assert_allclose(served["score"], batch["score"], rtol=1e-9, atol=0)
+        assert served["is_anomaly"].tolist() == batch["is_anomaly"].tolist()
+        # The package's own input example is a valid request; a row without a metric is named.
+        package = Path(registry.client().get_model_version_download_uri(registry.model_name, "1").removeprefix("file://"))
+        example = (package / "serving_input_example.json").read_text()
+        assert requests.post(f"{url}/invocations", data=example, headers={"Content-Type": "application/json"}, timeout=60).ok
+        body["dataframe_split"]["columns"][-1] = "renamed"
+        refused = requests.post(f"{url}/invocations", json=body, timeout=60)
+        assert refused.status_code == 400 and "data_used_mb_today" in refused.json()["message"]
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker
+        except ProcessLookupError:
+            pass  # the group is gone already
+        server.wait(timeout=30)
 
 
 def test_rescoring_with_the_same_version_is_identical(home, defs):
@@ -158,6 +272,7 @@ def test_failed_alias_step_leaves_no_version_behind(home, registry, monkeypatch)
     from anomaly_assets.core.detector import FleetAnomalyModel  # noqa: F401  (model comes from the registry)
 
     model = registry.load_version("1")
+    rows = pd.read_parquet(home / "parquet" / "validated_telemetry" / "2026-11-08.parquet")
     before = {v["version"] for v in registry.list_versions()}
 
     def broken(*args, **kwargs):
@@ -165,7 +280,7 @@ def test_failed_alias_step_leaves_no_version_behind(home, registry, monkeypatch)
 
     monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", broken)
     with pytest.raises(RegistryError, match="was deleted"):
-        registry.register(model, params={}, metrics={}, tags={"t": "1"}, tables={}, run_name="broken")
+        registry.register(model, params={}, metrics={}, tags={"t": "1"}, tables={}, run_name="broken", example_rows=rows)
     monkeypatch.undo()
     assert {v["version"] for v in registry.list_versions()} == before
 
@@ -175,7 +290,7 @@ def test_unreachable_tracking_server_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     registry = MlflowModelRegistry(tracking_uri="http://127.0.0.1:9")
     with pytest.raises(RegistryError, match="127.0.0.1:9"):
-        registry.register(None, params={}, metrics={}, tags={}, tables={}, run_name="x")
+        registry.register(None, params={}, metrics={}, tags={}, tables={}, run_name="x", example_rows=pd.DataFrame())
 
 
 def test_gate_logic_without_labels_checks_alert_rate_and_stability():
@@ -286,3 +401,11 @@ def test_the_gate_judges_the_version_its_own_partition_trained(home, defs, regis
         assert event.materialization.metadata["challenger_version"].value == version
     again = train("2026-11-08")  # re-materialized: a new version, linked to the partition
     assert int(again) > int(second) and registry.partition_version("2026-11-08") == again
+
+
+def test_nothing_reached_mlflows_process_wide_store(home):
+    """Every registry call above went through a client built with the home's tracking URI."""
+    uri = _process_wide(home)
+    assert mlflow.get_tracking_uri() == uri and mlflow.get_registry_uri() == uri  # never set
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert client.search_registered_models() == [] and [e.name for e in client.search_experiments()] == ["Default"]

@@ -25,23 +25,10 @@ import mlflow
 import pytest
 import sqlalchemy as sa
 
-from anomaly_assets_tests.conftest import free_port, provisioned_roles, require_service
+from anomaly_assets_tests.conftest import free_port, provisioned_roles, require_service, wait_http
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def _wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{process.args[0]} exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-4000:]}")
 
 
 def _wait_port(port: int, timeout: float = 30) -> None:
@@ -65,7 +52,7 @@ class Services:
         process = subprocess.Popen(args, cwd=REPO, env=env or self.env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
         self.processes.append((name, process, log))
         if health_url:
-            _wait_http(health_url, process, log)
+            wait_http(health_url, process, log)
         return process
 
     def stop(self) -> None:
@@ -293,7 +280,13 @@ def test_the_stack_behind_its_proxy_and_least_privilege_roles(stack, monkeypatch
     assert status == 200 and "ops-bob" in page and f"signed in as {PROXY_USER}" in page
 
     # The model loads back by alias with the credentials.
-    model = mlflow.pyfunc.load_model("models:/fleet_anomaly_detector@champion")
+    path = list(sys.path)
+    try:
+        model = mlflow.pyfunc.load_model("models:/fleet_anomaly_detector@champion")
+    finally:  # MLflow puts the package's code first on sys.path: later tests' workers must not import it
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        sys.path[:] = path
     assert model.unwrap_python_model().model.threshold > 0
 
     # No password reached a log, an event, a tag or a table.

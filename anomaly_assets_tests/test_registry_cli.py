@@ -11,12 +11,13 @@ import os
 import subprocess
 import sys
 
-import dagster as dg
+import mlflow
 import pytest
 
 from anomaly_assets.cli import main
 from anomaly_assets.defs.registry.assets import promote_model_job, rollback_model_job
-from anomaly_assets.resources.model_registry import CHAMPION_CHANGE_TAG, MlflowModelRegistry
+from anomaly_assets.resources.model_registry import MlflowModelRegistry
+from anomaly_assets.resources.registry_client import CHAMPION_CHANGE_TAG, ModelRegistryClient
 from anomaly_assets.settings import Settings
 
 
@@ -116,13 +117,58 @@ def test_experiments_open_in_the_classic_runs_view(registry):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def test_model_commands_load_neither_scikit_learn_nor_source_drivers(registry):
-    """What makes `model list` quick: only Dagster's resource class and the MLflow client load."""
+def test_model_commands_load_neither_dagster_nor_scikit_learn_nor_source_drivers(registry):
+    """What makes `model` commands quick: the MLflow client (and, for a champion change, the audit
+    trail's SQLAlchemy tables) and nothing of Dagster, scikit-learn or the drivers."""
+    heavy = ("dagster", "sklearn", "numba", "great_expectations", "pyodbc", "anomaly_assets.resources.sources")
+    commands = [["model", "list"], ["model", "show", "--version", "3"], ["model", "promote", "--version", "3"], ["model", "rollback"]]
     probe = (
-        "import sys; from anomaly_assets.cli import main; main(['model', 'list']); "
-        "print(sorted(m for m in ('sklearn', 'numba', 'great_expectations', 'pyodbc', 'anomaly_assets.resources.sources') if m in sys.modules))"
+        f"import sys; from anomaly_assets.cli import main; codes = [main(c) for c in {commands!r}]; "
+        f"print(codes, sorted(m for m in {heavy!r} if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=os.environ, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[]"
-    assert dg  # the jobs above are plain Dagster jobs
+    assert "version   2" in result.stdout and "champion: version 1 -> 3" in result.stdout
+    # show fails (these versions have no package), the others succeed; nothing heavy was imported.
+    assert result.stdout.strip().splitlines()[-1] == "[0, 2, 0, 0] []"
+
+
+def test_two_registries_in_one_process_do_not_interfere(registry, tmp_path, monkeypatch):
+    """Each registry builds its client with its own tracking URI: none reads or moves MLflow's
+    process-wide URI, which here points at a third store that must stay empty."""
+    monkeypatch.chdir(tmp_path)  # MLflow's default store would be ./mlflow.db
+    decoy = f"sqlite:///{tmp_path / 'decoy.db'}"
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow exports what it is set to
+        monkeypatch.setenv(variable, decoy)
+    mlflow.set_tracking_uri(decoy)
+    mlflow.set_registry_uri(decoy)
+    try:
+        other = ModelRegistryClient(tracking_uri=f"sqlite:///{tmp_path / 'other.db'}", artifact_location=(tmp_path / "other").as_uri())
+        other.client().create_registered_model(other.model_name)
+        source = tmp_path / "other-model"
+        source.mkdir()
+        other.client().create_model_version(other.model_name, source=str(source))
+        # Interleaved: a champion change and a scoring run in each.
+        other.set_champion("1", reason="first", actor="test")
+        registry.set_champion("3", reason="gate passed", actor="test")
+        other.log_scoring_run("2026-11-09", "1", metrics={"rows": 2.0}, figures={}, tags={})
+        registry.log_scoring_run("2026-11-08", "3", metrics={"rows": 1.0}, figures={}, tags={})
+        assert [v["version"] for v in registry.list_versions()] == ["1", "2", "3"]
+        assert [v["version"] for v in other.list_versions()] == ["1"]
+        assert (registry.alias_version("champion"), other.alias_version("champion")) == ("3", "1")
+        assert [e["version"] for e in other.champion_history()] == ["1"]
+        assert [e["version"] for e in registry.champion_history()] == ["1", "3"]
+        runs = {
+            r.alias_version("champion"): [run.data.tags["partition"] for run in r.client().search_runs(
+                [r.client().get_experiment_by_name(f"{r.experiment_name}_scoring").experiment_id])]
+            for r in (registry, other)
+        }  # fmt: skip
+        assert runs == {"3": ["2026-11-08"], "1": ["2026-11-09"]}
+        assert mlflow.get_tracking_uri() == decoy and mlflow.get_registry_uri() == decoy
+        decoy_client = mlflow.MlflowClient(tracking_uri=decoy, registry_uri=decoy)
+        assert decoy_client.search_registered_models() == []
+        assert [e.name for e in decoy_client.search_experiments()] == ["Default"]
+        assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)

@@ -4,7 +4,6 @@ tags old, unaliased model versions archived=true (never the champion)."""
 from __future__ import annotations
 
 import dagster as dg
-import mlflow
 import pandas as pd
 import pytest
 
@@ -69,8 +68,7 @@ def registry(tmp_path) -> MlflowModelRegistry:
         client.create_model_version(registry.model_name, source=(tmp_path / f"model-{i}").as_uri())
     client.set_registered_model_alias(registry.model_name, "champion", "2")
     client.set_registered_model_alias(registry.model_name, "challenger", "6")
-    yield registry
-    mlflow.set_tracking_uri(None)
+    return registry
 
 
 def _run(store, registry, **config):

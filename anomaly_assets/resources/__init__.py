@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "AlertRouter": "alert_router",
     "MlflowModelRegistry": "model_registry",
+    "ModelRegistryClient": "registry_client",
     "PartitionedParquetIOManager": "parquet_io",
-    "ResultsStore": "results_store",
+    "ResultsStore": "results_resource",
     "SyntheticFleetSource": "telemetry_source",
     "TelemetrySource": "telemetry_source",
     "SqlTelemetrySource": "sources",
@@ -31,8 +32,9 @@ if TYPE_CHECKING:
     from anomaly_assets.resources.alert_router import AlertRouter
     from anomaly_assets.resources.environment import build_resources
     from anomaly_assets.resources.model_registry import MlflowModelRegistry
+    from anomaly_assets.resources.registry_client import ModelRegistryClient
     from anomaly_assets.resources.parquet_io import PartitionedParquetIOManager
-    from anomaly_assets.resources.results_store import ResultsStore
+    from anomaly_assets.resources.results_resource import ResultsStore
     from anomaly_assets.resources.sources import (
         FileTelemetrySource,
         InventorySource,

@@ -2,19 +2,26 @@
 
 Partitioned tables carry a ``partition_date`` column; writing a partition deletes its rows and
 inserts the new ones in one transaction, so re-materializing replaces and never duplicates.
+
+``ResultsOperations`` is what the project does with it, used two ways: ``ResultsDatabase`` here
+(no Dagster: the CLI's audit trail and migrations stay quick) and the Dagster resource
+``ResultsStore`` (``results_resource.py``; importable from here too).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import dagster as dg
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from pydantic import PrivateAttr
+
+if TYPE_CHECKING:
+    from anomaly_assets.resources.results_resource import ResultsStore
 
 metadata = sa.MetaData()
 
@@ -232,35 +239,34 @@ def upgrade_schema(engine: sa.Engine) -> None:
 RESULTS_URL_ENV = "ANOMALY_ASSETS_RESULTS_URL"
 
 
-def production_results_store() -> ResultsStore:
-    """The production results database for a process outside Dagster (the CLI, the explorer)."""
+def production_results_url() -> str:
+    """The production results database's URL (processes outside Dagster: the CLI, the explorer)."""
     url = os.environ.get(RESULTS_URL_ENV, "")
     if not url:
         raise ValueError(f"{RESULTS_URL_ENV} is not set (the results database's SQLAlchemy URL)")
-    return ResultsStore(url=url)
+    return url
 
 
-class ResultsStore(dg.ConfigurableResource):
-    """SQLAlchemy URL of the results database, e.g. ``sqlite:///results.db`` or ``postgresql+psycopg2://...``."""
+def production_results_store() -> ResultsStore:
+    """The production results database as the Dagster resource (the explorer)."""
+    from anomaly_assets.resources.results_resource import ResultsStore
 
-    url: str
-    _engine: sa.Engine | None = PrivateAttr(default=None)
+    return ResultsStore(url=production_results_url())
 
-    @property
-    def engine(self) -> sa.Engine:
-        if self._engine is None:
-            engine = sa.create_engine(self.url, future=True)
-            if self.url not in _MIGRATED:  # once per process and database, not per step or resource copy
-                upgrade_schema(engine)
-                _MIGRATED.add(self.url)
-            self._engine = engine
-        return self._engine
 
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        """Close the step's connections when the step ends."""
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+def migrated_engine(url: str) -> sa.Engine:
+    """An engine on ``url``; the database is brought to the newest schema once per process and
+    database, not per step or resource copy."""
+    engine = sa.create_engine(url, future=True)
+    if url not in _MIGRATED:
+        upgrade_schema(engine)
+        _MIGRATED.add(url)
+    return engine
+
+
+class ResultsOperations:
+    """Reading and writing the results tables. The class using it provides ``engine`` (an
+    ``sa.Engine`` from ``migrated_engine``)."""
 
     def replace_partitions(
         self, table: sa.Table, partition_dates: Sequence[str], frames: pd.DataFrame | Iterable[pd.DataFrame]
@@ -302,6 +308,29 @@ class ResultsStore(dg.ConfigurableResource):
             statement = statement.where(table.c.partition_date.in_(list(partition_dates)))
         with self.engine.connect() as connection:
             return int(connection.execute(statement).scalar_one())
+
+
+@dataclasses.dataclass
+class ResultsDatabase(ResultsOperations):
+    """The results database without Dagster (the CLI)."""
+
+    url: str
+    _engine: sa.Engine | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            self._engine = migrated_engine(self.url)
+        return self._engine
+
+
+def __getattr__(name: str) -> Any:
+    # The Dagster resource lives beside, so that importing the tables does not import Dagster.
+    if name == "ResultsStore":
+        from anomaly_assets.resources.results_resource import ResultsStore
+
+        return ResultsStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _copy_into(connection: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> None:

@@ -13,7 +13,7 @@ from anomaly_assets.defs.partitions import daily_partitions
 from anomaly_assets.defs.training.assets import anomaly_detector
 from anomaly_assets.defs.registry.champion import champion_observed
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
-from anomaly_assets.resources.model_registry import CHAMPION, PromotionRefused
+from anomaly_assets.resources.registry_client import CHAMPION, PromotionRefused
 
 
 class PromotionConfig(dg.Config):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dagster as dg
 
 from anomaly_assets.resources import MlflowModelRegistry
-from anomaly_assets.resources.model_registry import CHAMPION
+from anomaly_assets.resources.registry_client import CHAMPION
 from anomaly_assets.version import code_version
 
 CHAMPION_MODEL = dg.AssetKey("champion_model")

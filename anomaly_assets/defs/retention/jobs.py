@@ -11,7 +11,7 @@ from anomaly_assets import audit
 from anomaly_assets.core.audit import run_actor
 from anomaly_assets.core.retention import DEFAULT_MAX_AGE_DAYS, VersionInfo, cutoff, plan_archive, validate_ages
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
-from anomaly_assets.resources.model_registry import CHAMPION
+from anomaly_assets.resources.registry_client import CHAMPION
 from anomaly_assets.resources.purge import RETENTION_TABLES, purge_older_than
 
 ARCHIVED_TAG = "archived"

@@ -21,7 +21,7 @@ from anomaly_assets.core.detector import DetectorConfig, fit_slice, train_detect
 from anomaly_assets.defs.features.assets import feature_spec
 from anomaly_assets.defs.partitions import daily_partitions, markdown_preview, training_window
 from anomaly_assets.resources import InventorySource, MlflowModelRegistry, ResultsStore, TelemetrySource
-from anomaly_assets.resources.model_registry import CHAMPION
+from anomaly_assets.resources.registry_client import CHAMPION
 
 TRAINING = dict(
     partitions_def=daily_partitions,
@@ -171,6 +171,7 @@ def anomaly_detector(
             tags={**tags, "dagster_run_url": f"{DAGSTER_UI_URL}/runs/{context.run.run_id}"},
             tables={"cohort_stats": cohort_stats, "baselines": baselines, "feature_contributions": contributions},
             run_name=f"anomaly_detector {context.partition_key}",
+            example_rows=device_features,  # the package's input example: one device's latest window
             figures=figures,
         )
     finally:
