@@ -37,6 +37,29 @@ def restore_environ():
     os.environ.update(saved)
 
 
+def registry_with_three_versions(tmp_path: Path):
+    """A local MLflow store under ``tmp_path/home`` (the environment points there) holding three
+    versions registered without training (an empty artifact folder each), version 1 champion.
+    Returns the registry resource and the settings."""
+    from anomaly_assets.resources.model_registry import MlflowModelRegistry
+
+    home = tmp_path / "home"
+    (home / "mlflow").mkdir(parents=True)
+    os.environ["ANOMALY_ASSETS_HOME"] = str(home)
+    os.environ.pop("ANOMALY_ASSETS_ENV", None)
+    os.environ.pop("ANOMALY_ASSETS_ACTOR", None)
+    settings = Settings.from_env()
+    registry = MlflowModelRegistry(tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifact_location)
+    client = registry.client()
+    client.create_registered_model(registry.model_name)
+    for version in (1, 2, 3):
+        source = tmp_path / f"model-{version}"
+        source.mkdir()
+        client.create_model_version(registry.model_name, source=str(source))
+    registry.set_champion("1", reason="first trained version", actor="test")
+    return registry, settings
+
+
 def small_settings(home: Path, devices: int = 30) -> Settings:
     return Settings(home=home, fleet_devices=devices, fleet_seed=11)
 

@@ -6,7 +6,6 @@ training (an empty artifact folder each), as in test_registry_cli."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -16,27 +15,13 @@ from anomaly_assets.core.alerts import ChannelConfig
 from anomaly_assets.core.audit import LAUNCHED_BY_TAG, Actor, run_launcher
 from anomaly_assets.defs.registry.assets import promote_model_job, rollback_model_job
 from anomaly_assets.defs.retention.jobs import retention_job
-from anomaly_assets.resources.model_registry import MlflowModelRegistry
 from anomaly_assets.resources.results_store import ResultsStore
-from anomaly_assets.settings import Settings
+from anomaly_assets_tests.conftest import registry_with_three_versions
 
 
 @pytest.fixture
 def home(tmp_path, restore_environ):
-    home = tmp_path / "home"
-    (home / "mlflow").mkdir(parents=True)
-    os.environ["ANOMALY_ASSETS_HOME"] = str(home)
-    os.environ.pop("ANOMALY_ASSETS_ENV", None)
-    os.environ.pop("ANOMALY_ASSETS_ACTOR", None)
-    settings = Settings.from_env()
-    registry = MlflowModelRegistry(tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifact_location)
-    client = registry.client()
-    client.create_registered_model(registry.model_name)
-    for version in (1, 2, 3):
-        source = tmp_path / f"model-{version}"
-        source.mkdir()
-        client.create_model_version(registry.model_name, source=str(source))
-    registry.set_champion("1", reason="first trained version", actor="test")
+    registry, settings = registry_with_three_versions(tmp_path)
     return {"registry": registry, "store": ResultsStore(url=settings.results_url)}
 
 

@@ -19,23 +19,12 @@ from anomaly_assets.defs.registry.assets import promote_model_job, rollback_mode
 from anomaly_assets.resources.model_registry import MlflowModelRegistry
 from anomaly_assets.resources.registry_client import CHAMPION_CHANGE_TAG, ModelRegistryClient
 from anomaly_assets.settings import Settings
+from anomaly_assets_tests.conftest import registry_with_three_versions
 
 
 @pytest.fixture
 def registry(tmp_path, restore_environ) -> MlflowModelRegistry:
-    home = tmp_path / "home"
-    (home / "mlflow").mkdir(parents=True)
-    os.environ["ANOMALY_ASSETS_HOME"] = str(home)
-    os.environ.pop("ANOMALY_ASSETS_ENV", None)
-    settings = Settings.from_env()
-    registry = MlflowModelRegistry(tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifact_location)
-    client = registry.client()
-    client.create_registered_model(registry.model_name)
-    for version in (1, 2, 3):
-        source = tmp_path / f"model-{version}"
-        source.mkdir()
-        client.create_model_version(registry.model_name, source=str(source))
-    registry.set_champion("1", reason="first trained version", actor="test")
+    registry, _ = registry_with_three_versions(tmp_path)
     registry.tag_version("2", {"promotion_decision": "refused", "promotion_reasons": "fail: alerts per day 40.0 exceeds 2x the champion's 10.0; pass: auc_pr",
                                "promotion_compared_with": "1", "promotion_partition": "2026-11-08"})  # fmt: skip
     registry.tag_version("3", {"promotion_decision": "passed", "promotion_reasons": "pass: all", "promotion_compared_with": "1"})
