@@ -27,7 +27,6 @@ from anomaly_assets.core.ensemble import (
     DeviceNorms,
     Reconstruction,
     ScoreFusion,
-    TailCalibration,
     device_source_columns,
 )
 from anomaly_assets.core.fast_forest import CompiledForest
@@ -199,8 +198,7 @@ def train_detector(
         raise ValueError(f"tail_calibration must be 'none', 'all' or 'discrete', got {config.tail_calibration!r}")
     if config.tail_calibration != "none":
         columns = model.device_norms.discrete if config.tail_calibration == "discrete" else None
-        model.device_norms.calibration = TailCalibration.fit(device[sample], columns)
-        device = model.device_norms.calibration.apply_in_place(device)
+        device = model.device_norms.calibrate(device, columns, sample)
     model.reconstruction = Reconstruction.fit(
         device, config.reconstruction_variance, config.fit_sample_rows, config.random_state
     )

@@ -226,10 +226,11 @@ class DeviceNorms:
             np.nan_to_num(z, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         return self.calibration.apply_in_place(z) if self.calibration is not None else z
 
-    def calibrate(self, z: np.ndarray) -> np.ndarray:
-        """Fit the tail calibration on the fitting slice's z and return them calibrated."""
-        self.calibration = TailCalibration.fit(z)
-        return self.calibration.apply(z)
+    def calibrate(self, z: np.ndarray, columns: np.ndarray | None = None, fit_rows: np.ndarray | None = None) -> np.ndarray:
+        """Fit the tail calibration of ``columns`` (a boolean mask; default all) on the fitting
+        slice's z (``fit_rows`` of them, default all) and calibrate ``z`` in place."""
+        self.calibration = TailCalibration.fit(z if fit_rows is None else z[fit_rows], columns)
+        return self.calibration.apply_in_place(z)
 
 
 @dataclasses.dataclass
