@@ -135,7 +135,8 @@ def run_step(home: Path, devices_per_chunk: int, asset: str, day: str) -> dict:
     return {"seconds": time.perf_counter() - started, "peak_mb": _peak_mb()}
 
 
-def _child(home: Path, devices_per_chunk: int, asset: str, day: str) -> dict:
+def measure_step(home: Path, devices_per_chunk: int, asset: str, day: str) -> dict:
+    """``run_step`` in a process of its own: its peak memory is the step's alone."""
     command = [sys.executable, __file__, "--step", asset, "--day", day, "--home", str(home)]
     command += ["--devices-per-chunk", str(devices_per_chunk)]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             figures[name] = []
             for asset, day in STEPS:
                 print(f"{name}: {asset} {day}", file=sys.stderr)
-                figures[name].append({"step": asset, "day": day, **_child(home, devices_per_chunk, asset, day)})
+                figures[name].append({"step": asset, "day": day, **measure_step(home, devices_per_chunk, asset, day)})
     report = {"devices": args.devices, "devices_per_chunk": args.devices_per_chunk, "steps": figures}
     if args.json:
         print(json.dumps(report))

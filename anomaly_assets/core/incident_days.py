@@ -18,6 +18,7 @@ import pandas as pd
 from anomaly_assets.core.incidents import (
     DayResult,
     IncidentRules,
+    add_bucket_counts,
     attach_to_cohorts,
     incident_frame,
     cohort_bucket_counts,
@@ -73,7 +74,8 @@ class IncidentDays:
             self.device_frames[day].append(frame)
             self.device_end_states[day].update(states)
             self.suppressed[day] += quiet
-            self.bucket_counts[day].append(cohort_bucket_counts(day_rows, self.rules))
+            # Summed as they come: a table per (cohort, bucket), however many chunks.
+            self.bucket_counts[day] = [add_bucket_counts([*self.bucket_counts[day], cohort_bucket_counts(day_rows, self.rules)])]
             flagged = day_rows.loc[day_rows["is_anomaly"].astype(bool)] if len(day_rows) else day_rows
             if len(flagged):
                 self.flagged[day].append(flagged)

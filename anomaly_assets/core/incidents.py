@@ -21,6 +21,7 @@ processing the same day again yields the same ids. No Dagster import here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from typing import Any
@@ -101,15 +102,15 @@ class IncidentRules:
         if problems:
             raise ValueError("invalid incident rules: " + "; ".join(problems))
 
-    @property
+    @functools.cached_property  # read for every sample: built once
     def cooldown(self) -> pd.Timedelta:
         return pd.Timedelta(minutes=self.cooldown_minutes)
 
-    @property
+    @functools.cached_property  # read for every sample: built once
     def stale_after(self) -> pd.Timedelta:
         return pd.Timedelta(minutes=self.stale_after_minutes)
 
-    @property
+    @functools.cached_property  # read for every sample: built once
     def bucket(self) -> pd.Timedelta:
         return pd.Timedelta(minutes=self.cohort_bucket_minutes)
 
@@ -147,7 +148,16 @@ class DayResult:
 
 
 def _utc(value: Any) -> pd.Timestamp:
+    if isinstance(value, str):
+        return _utc_text(value)
     stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _utc_text(text: str) -> pd.Timestamp:
+    """A state's ISO timestamps are parsed again for every sample that looks at them: once each."""
+    stamp = pd.Timestamp(text)
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
@@ -265,6 +275,16 @@ def _expire(state: dict, now: pd.Timestamp, rules: IncidentRules, touched: dict)
         state["cooldown_until"] = None
 
 
+def _utc_times(stamps: pd.Series) -> pd.DatetimeIndex:
+    index = pd.DatetimeIndex(stamps)
+    return index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
+
+
+def _idle(state: dict) -> bool:
+    """No open incident, no cooldown, no anomalous sample in the window."""
+    return state.get("open") is None and not state.get("cooldown_until") and not any(e[1] for e in state.get("window") or [])
+
+
 def track_device(
     device_id: str,
     samples: pd.DataFrame,
@@ -283,8 +303,9 @@ def track_device(
     if state.get("open") is not None:
         touched[state["open"]["incident_id"]] = state["open"]
     suppressed = 0
-    stamps = [_iso(t) for t in samples["timestamp"]]
+    times = list(_utc_times(samples["timestamp"]))  # boxed at once: far quicker than one at a time
     flags = samples["is_anomaly"].to_numpy(dtype=bool)
+    flagged_at = np.flatnonzero(flags)
     severity = samples["severity"].to_numpy(dtype=float)
     score = samples["score"].to_numpy(dtype=float)
     features = [samples[c].tolist() if c in samples else [None] * len(samples) for c in FEATURE_COLUMNS]
@@ -293,10 +314,20 @@ def track_device(
         "model_name": samples["model_name"].iloc[-1] if "model_name" in samples and len(samples) else None,
         "model_version": str(samples["model_version"].iloc[-1]) if "model_version" in samples and len(samples) else None,
     }
-    for i, stamp in enumerate(stamps):
-        now = _utc(stamp)
-        _expire(state, now, rules, touched)
+    i = 0
+    while i < len(times):
+        if not flags[i] and _idle(state):
+            # Until the next anomalous sample an idle device only fills its window with normal
+            # samples, and of those only the last open_n can still be in it then: skip the rest.
+            following = flagged_at[np.searchsorted(flagged_at, i) :]
+            resume = int(following[0]) - rules.open_n if len(following) else len(times)
+            if resume > i:
+                state["window"], i = [], resume
+                continue
+        now, stamp = times[i], times[i].isoformat()
         entry = [stamp, bool(flags[i]), float(severity[i]), float(score[i]), features[0][i], features[1][i], features[2][i]]
+        i += 1
+        _expire(state, now, rules, touched)
         incident = state.get("open")
         if incident is not None:
             _add_sample(incident, entry)
@@ -378,7 +409,7 @@ def cohort_bucket_counts(scored: pd.DataFrame, rules: IncidentRules) -> pd.DataF
     """Per (cohort, bucket) of ``scored``: reporting devices and flagged devices. Counts of chunks
     holding disjoint sets of whole devices add up to the counts of all their rows."""
     if scored.empty:
-        return pd.DataFrame({"cohort": [], "bucket": [], "devices": [], "flagged_devices": []})
+        return _no_counts()
     frame = scored.assign(bucket=scored["timestamp"].dt.floor(f"{rules.cohort_bucket_minutes}min"))
     devices = frame.groupby(["cohort", "bucket"])["device_id"].nunique().rename("devices")
     per_device = frame.loc[frame["is_anomaly"].astype(bool)].groupby(["cohort", "bucket", "device_id"]).size()
@@ -387,13 +418,24 @@ def cohort_bucket_counts(scored: pd.DataFrame, rules: IncidentRules) -> pd.DataF
     return table.astype({"devices": "int64", "flagged_devices": "int64"})
 
 
-def cohort_buckets_from_counts(counts: list[pd.DataFrame], rules: IncidentRules) -> pd.DataFrame:
-    """:func:`cohort_buckets` from the counts of chunks of whole devices."""
+def _no_counts() -> pd.DataFrame:
+    return pd.DataFrame({"cohort": [], "bucket": [], "devices": [], "flagged_devices": []})
+
+
+def add_bucket_counts(counts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The sum of :func:`cohort_bucket_counts` tables (chunks of whole devices): one table."""
     counts = [c for c in counts if len(c)]
     if not counts:
-        return pd.DataFrame(columns=BUCKET_COLUMNS)
+        return _no_counts()
     table = counts[0] if len(counts) == 1 else pd.concat(counts).groupby(["cohort", "bucket"], as_index=False).sum()
-    table = table.astype({"devices": "int64", "flagged_devices": "int64"})
+    return table.astype({"devices": "int64", "flagged_devices": "int64"})
+
+
+def cohort_buckets_from_counts(counts: list[pd.DataFrame], rules: IncidentRules) -> pd.DataFrame:
+    """:func:`cohort_buckets` from the counts of chunks of whole devices."""
+    table = add_bucket_counts(counts)
+    if table.empty:
+        return pd.DataFrame(columns=BUCKET_COLUMNS)
     table["share"] = table["flagged_devices"] / table["devices"]
     table["fires"] = (
         (table["devices"] >= rules.cohort_min_devices)
