@@ -1,15 +1,21 @@
-"""Hand-built scored rows and a materialize helper for the incident and alerting tests."""
+"""Hand-built scored rows, a materialize helper and a recording HTTP server for the incident and
+alerting tests."""
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import pytest
 
 from anomaly_assets.defs.alerting.assets import alert_deliveries, device_incidents
 from anomaly_assets.defs.partitions import daily_partitions
 from anomaly_assets.resources import PartitionedParquetIOManager, ResultsStore
+from anomaly_assets.resources.parquet_io import DEFAULT_DEVICES_PER_CHUNK
 from anomaly_assets.resources.alert_router import AlertRouter
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -56,8 +62,9 @@ def write_scored_partitions(base: Path, frame: pd.DataFrame) -> list[str]:
 class AlertingHarness:
     """device_incidents and alert_deliveries on a throw-away results DB and parquet folder."""
 
-    def __init__(self, root: Path, router: AlertRouter | None = None):
+    def __init__(self, root: Path, router: AlertRouter | None = None, devices_per_chunk: int = DEFAULT_DEVICES_PER_CHUNK):
         self.root = root
+        self.devices_per_chunk = devices_per_chunk
         self.parquet = root / "parquet"
         self.store = ResultsStore(url=f"sqlite:///{root / 'results.db'}")
         self.router = router or AlertRouter()
@@ -87,8 +94,51 @@ class AlertingHarness:
             instance=self.instance,
             run_config=run_config,
             resources={
-                "io_manager": PartitionedParquetIOManager(base_path=str(self.parquet)),
+                "io_manager": PartitionedParquetIOManager(base_path=str(self.parquet), devices_per_chunk=self.devices_per_chunk),
                 "results_store": self.store,
                 "alert_router": self.router,
             },
         )
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        server: RecordingServer = self.server  # type: ignore[assignment]
+        with server.lock:
+            plan = server.plans.get(self.path, [])
+            status = plan.pop(0) if plan else 200
+            server.requests.append({"path": self.path, "status": status, "headers": dict(self.headers), "json": json.loads(body)})
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        self.wfile.write(b"ok" if status < 300 else b"boom")
+
+    def log_message(self, *args):
+        pass
+
+
+class RecordingServer(ThreadingHTTPServer):
+    """Records every POST; ``plans[path]`` lists the status codes to answer first (then 200)."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.requests: list[dict] = []
+        self.plans: dict[str, list[int]] = {}
+        self.lock = threading.Lock()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+    def posts(self, path: str, status: int | None = None) -> list[dict]:
+        return [r["json"] for r in self.requests if r["path"] == path and (status is None or r["status"] == status)]
+
+
+@pytest.fixture
+def http_server():
+    server = RecordingServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()

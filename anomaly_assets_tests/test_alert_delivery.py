@@ -11,7 +11,6 @@ import json
 import socket
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pandas as pd
 import pytest
@@ -22,53 +21,10 @@ from anomaly_assets.resources import ResultsStore, incident_store
 from anomaly_assets.resources.incident_store import DeliveryLog
 from anomaly_assets.resources.alert_router import AlertRouter
 from anomaly_assets_tests.conftest import require_service
-from anomaly_assets_tests.incident_helpers import AlertingHarness, device_rows, scored, write_scored_partitions
+from anomaly_assets_tests.incident_helpers import AlertingHarness, device_rows, http_server, scored, write_scored_partitions  # noqa: F401 (a fixture)
 
 UI = "http://dagster.test:3000"
 LINK = f"{UI}/assets/device_incidents"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        server: RecordingServer = self.server  # type: ignore[assignment]
-        with server.lock:
-            plan = server.plans.get(self.path, [])
-            status = plan.pop(0) if plan else 200
-            server.requests.append({"path": self.path, "status": status, "headers": dict(self.headers), "json": json.loads(body)})
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain")
-        self.end_headers()
-        self.wfile.write(b"ok" if status < 300 else b"boom")
-
-    def log_message(self, *args):
-        pass
-
-
-class RecordingServer(ThreadingHTTPServer):
-    """Records every POST; ``plans[path]`` lists the status codes to answer first (then 200)."""
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.requests: list[dict] = []
-        self.plans: dict[str, list[int]] = {}
-        self.lock = threading.Lock()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
-
-    def posts(self, path: str, status: int | None = None) -> list[dict]:
-        return [r["json"] for r in self.requests if r["path"] == path and (status is None or r["status"] == status)]
-
-
-@pytest.fixture
-def http_server():
-    server = RecordingServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 class _Sink:
