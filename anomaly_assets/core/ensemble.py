@@ -82,6 +82,8 @@ def _spread(values: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return median, np.where(mad > 0, mad, mean_deviation)
 
 
+# |z| at or below this is a deviation of 0 (rounding, e.g. of cohort stats added up in chunks).
+ZERO_DEVIATION = 1e-9
 # Tail probabilities at which each column's |z| is calibrated (the maximum is added).
 CALIBRATION_LEVELS = np.array([0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999])
 
@@ -114,9 +116,12 @@ class TailCalibration:
                 values.append(None)
                 continue
             quantiles = np.quantile(column, np.r_[CALIBRATION_LEVELS, 1.0]) if len(column) else np.zeros(len(levels))
-            # Tied quantiles (a mostly constant column) become one knot at their middle level.
-            unique, first = np.unique(quantiles, return_index=True)
-            last = np.r_[first[1:] - 1, len(quantiles) - 1] if len(unique) else first
+            # Tied quantiles (a mostly constant column) become one knot at their middle level;
+            # quantiles equal but for rounding are tied too.
+            tied = np.diff(quantiles) <= ZERO_DEVIATION * np.maximum(np.abs(quantiles[1:]), 1.0)
+            first = np.flatnonzero(np.r_[True, ~tied])
+            unique = quantiles[first]
+            last = np.r_[first[1:] - 1, len(quantiles) - 1]
             middle = norm.ppf((1.0 + (levels[first] + levels[last]) / 2.0) / 2.0)
             knots.append(unique.astype(np.float64))
             values.append(np.maximum.accumulate(np.asarray(middle, dtype=np.float64)))
@@ -143,7 +148,9 @@ class TailCalibration:
             ratio = np.maximum(magnitude / top, 1.0)
             grown = values[-1] * (1.0 + np.log(ratio)) if self.beyond == "log" else values[-1] * ratio
             mapped = np.where(magnitude > top, grown, mapped)
-        return np.copysign(mapped, column)
+        # A typical value (the device's median) maps to the tied knot's nonzero level: its sign
+        # must not follow the rounding of a deviation that is 0 in exact arithmetic.
+        return np.where(magnitude <= ZERO_DEVIATION, mapped, np.copysign(mapped, column))
 
 
 @dataclasses.dataclass
