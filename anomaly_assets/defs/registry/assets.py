@@ -35,7 +35,8 @@ class PromotionConfig(dg.Config):
     deps=[anomaly_detector],
     backfill_policy=dg.BackfillPolicy.multi_run(1),
     description="Shadow-scores the challenger and the champion on the partition's rows neither was trained on and moves "
-    "'champion' only when the gate passes; the decision and its reasons go to MLflow tags and metadata.",
+    "'champion' only when the gate passes; the decision and its reasons go to MLflow tags and metadata; a new (or "
+    "first) champion is recorded as an observation of champion_model.",
 )
 def model_promotion(
     context: dg.AssetExecutionContext,
