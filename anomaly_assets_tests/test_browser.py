@@ -16,19 +16,13 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 
-from anomaly_assets_tests.conftest import require_service
+from anomaly_assets_tests.conftest import free_port, require_service
+from anomaly_assets_tests.dagster_processes import BIN, REPO, stop, tail, wait_for_webserver
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 PARTITION = "2026-11-08"  # the day after the demo's 7-day training window: the champion scores it
 CHROMIUM_ARGS = [
     "--headless",
@@ -47,48 +41,6 @@ def _chromium() -> str | None:
     if os.path.exists("/usr/bin/chromium"):
         return "/usr/bin/chromium"
     return shutil.which("chromium")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tail(path: Path, chars: int = 3000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
-
-
-def _wait_for_server(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"dagster-webserver exited with {process.returncode}:\n{_tail(log)}")
-        try:
-            with urllib.request.urlopen(f"{url}/server_info", timeout=5) as response:
-                if response.status == 200 and "dagster_webserver_version" in json.load(response):
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"dagster-webserver did not answer /server_info within {timeout:.0f} s:\n{_tail(log)}")
-
-
-def _stop(process: subprocess.Popen, name: str) -> None:
-    """SIGINT (graceful), then SIGKILL; then clean up what is left of its process group
-    (code servers, run workers), which it was started as the leader of."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            print(f"{name} did not stop within 30 s of SIGINT: killing it")
-            process.kill()
-            process.wait(timeout=10)
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _expected_top_devices(home: Path) -> list[dict]:
@@ -140,7 +92,7 @@ def test_materialize_a_partition_from_the_ui(tmp_path):
     assert demo.returncode == 0, f"demo failed:\n{demo.stdout[-3000:]}\n{demo.stderr[-3000:]}"
     assert json.loads(demo.stdout)["champion_version"], demo.stdout
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     web_log, daemon_log = tmp_path / "webserver.log", tmp_path / "daemon.log"
     processes: list[tuple[subprocess.Popen, str]] = []
@@ -158,7 +110,7 @@ def test_materialize_a_partition_from_the_ui(tmp_path):
                 [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             ), "dagster-daemon"))
-        _wait_for_server(url, processes[0][0], web_log)
+        wait_for_webserver(url, processes[0][0], web_log)
 
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -278,10 +230,10 @@ def test_materialize_a_partition_from_the_ui(tmp_path):
             finally:
                 browser.close()
     except BaseException:
-        print("--- dagster-webserver log ---\n" + _tail(web_log))
-        print("--- dagster-daemon log ---\n" + _tail(daemon_log))
+        print("--- dagster-webserver log ---\n" + tail(web_log))
+        print("--- dagster-daemon log ---\n" + tail(daemon_log))
         raise
     finally:
         for process, name in reversed(processes):
-            _stop(process, name)
+            stop(process, name)
     print(f"screenshots in {shots}")

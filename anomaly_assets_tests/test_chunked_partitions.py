@@ -164,7 +164,7 @@ def test_every_partition_is_the_same_in_chunks_of_seven_devices(demo_in_chunks_a
         )
         assert len(chunked) > 1000
         # Scores agree to 1e-9: the reconstruction's matrix product rounds by the BLAS block a
-        # chunk's size gives (differences of about 1e-15 in a few rows).
+        # chunk's size gives, and training adds cohort stats up in chunks (about 1e-12).
         tolerance = {"check_exact": False, "rtol": 1e-9, "atol": 1e-9} if asset == "scored_anomalies" else {"check_exact": True}
         pd.testing.assert_frame_equal(
             chunked.sort_values(key, ignore_index=True), whole.sort_values(key, ignore_index=True), **tolerance
@@ -195,7 +195,10 @@ def test_the_results_database_is_the_same_in_chunks_of_seven_devices(demo_in_chu
     if table != "quarantined_telemetry":
         assert len(frames["whole"]) > 0
     ignored = [c for c in ("id", "written_at", "created_at", "run_id", "scored_at") if c in frames["whole"]]
-    pd.testing.assert_frame_equal(frames["chunked"].drop(columns=ignored), frames["whole"].drop(columns=ignored))
+    # Training adds the cohort stats up a chunk at a time: cohort z-scores agree to about 1e-12,
+    # and a value lying on a drift bin's edge may then fall on its other side (PSI to 1e-5).
+    tolerance = {"check_exact": False, "atol": 1e-5} if table == "feature_drift" else {}
+    pd.testing.assert_frame_equal(frames["chunked"].drop(columns=ignored), frames["whole"].drop(columns=ignored), **tolerance)
 
 
 def _validate_in_chunks(tmp_path, kind: str, devices_per_chunk: int):

@@ -236,6 +236,12 @@ def test_gate_promotes_a_challenger_that_passes(home, defs, registry):
     assert decision["decision"] == "promoted"
     assert registry.alias_version("champion") == "3"
     assert registry.champion_history()[-1]["version"] == "3"
+    # The gate's run records the new champion in the graph at once (no sensor tick needed).
+    [observed] = _instance(home).fetch_observations(dg.AssetKey("champion_model"), limit=1).records
+    assert observed.asset_observation.tags["dagster/data_version"] == "3"
+    assert observed.asset_observation.metadata["previous_champion_version"].value == "1"
+    run = _instance(home).get_run_by_id(observed.run_id)
+    assert run.job_name == "training_job" and run.tags["dagster/partition"] == "2026-11-09"
 
 
 def test_manual_promote_and_rollback_from_the_cli(home, registry, capsys, restore_environ):

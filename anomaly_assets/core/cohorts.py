@@ -3,6 +3,7 @@ window and applied at scoring time from the stored values as cohort z-scores."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 
@@ -62,13 +63,6 @@ def _factorizes_like_str(dtype) -> bool:
     )
 
 
-def _long_stats(frame: pd.DataFrame, metrics: Sequence[str], by: list[str]) -> pd.DataFrame:
-    grouped = frame.groupby(by, sort=True, observed=True)[list(metrics)]
-    stats = pd.concat({"mean": grouped.mean(), "std": grouped.std(), "count": grouped.count()}, axis=1)
-    stats.columns.names = ["stat", "metric"]
-    return stats.stack("metric", future_stack=True).reset_index()
-
-
 # A daily profile needs a few days of history to be learnt: with less, every hour shares one value.
 DAILY_PROFILE_MIN_SPAN = pd.Timedelta(days=2)
 
@@ -81,24 +75,108 @@ def fit_cohort_stats(
     Per hour of day when the rows span at least ``DAILY_PROFILE_MIN_SPAN``; otherwise (a run of
     minutes at 1 Hz) the hours carry the same all-day values, since an hour seen once (or not at
     all) says nothing about that hour on other days."""
-    if telemetry.empty:
-        raise ValueError("cannot fit cohort stats on an empty training window")
-    span = telemetry["timestamp"].max() - telemetry["timestamp"].min()
-    daily = span >= DAILY_PROFILE_MIN_SPAN
-    frame = pd.DataFrame(
-        {
-            "cohort": cohort_keys(telemetry, cohort_columns),
-            "hour": telemetry["timestamp"].dt.hour.astype(np.int64) if daily else np.zeros(len(telemetry), np.int64),
-            **{m: telemetry[m] for m in metrics},
-        }
-    )
-    fleet = _long_stats(frame.assign(cohort=FLEET), metrics, ["cohort", "hour"])
-    # Without cohort columns every row is in the fleet cohort: its stats appear once.
-    per_cohort = [_long_stats(frame, metrics, ["cohort", "hour"])] if cohort_columns else []
-    stats = pd.concat([*per_cohort, fleet], ignore_index=True)
-    if not daily:
-        stats = pd.concat([stats.assign(hour=hour) for hour in range(24)], ignore_index=True)
-    return stats[list(COHORT_STATS_COLUMNS)]
+    accumulator = CohortStatsAccumulator(metrics, cohort_columns)
+    accumulator.add(telemetry)
+    return accumulator.result()
+
+
+class CohortStatsAccumulator:
+    """``fit_cohort_stats`` over rows fed a chunk at a time, in memory of one chunk plus the
+    (cohort, hour) table. Exact: per cell the count, mean and sum of squared deviations, merged
+    across chunks with Chan's pairwise formula (the same values as one pass, to rounding)."""
+
+    def __init__(self, metrics: Sequence[str], cohort_columns: Sequence[str]):
+        self.metrics = list(metrics)
+        self.cohort_columns = list(cohort_columns)
+        self._moments: _Moments | None = None  # per (cohort, hour) cell and metric
+        self._first: pd.Timestamp | None = None
+        self._last: pd.Timestamp | None = None
+
+    def add(self, rows: pd.DataFrame) -> None:
+        if rows.empty:
+            return
+        first, last = rows["timestamp"].min(), rows["timestamp"].max()
+        self._first = first if self._first is None else min(self._first, first)
+        self._last = last if self._last is None else max(self._last, last)
+        frame = pd.DataFrame(
+            {
+                "cohort": cohort_keys(rows, self.cohort_columns),
+                "hour": row_hours(rows).astype(np.int64),
+                **{m: rows[m].astype(np.float64) for m in self.metrics},
+            }
+        )
+        grouped = frame.groupby(["cohort", "hour"], sort=True, observed=True)[self.metrics]
+        count = grouped.count()
+        chunk = _Moments(count, grouped.mean(), grouped.var(ddof=0) * count)
+        self._moments = chunk if self._moments is None else self._moments.merge(chunk)
+
+    def result(self) -> pd.DataFrame:
+        if self._moments is None:
+            raise ValueError("cannot fit cohort stats on an empty training window")
+        daily = self._last - self._first >= DAILY_PROFILE_MIN_SPAN
+        cells = self._moments if daily else self._moments.collapse_hours()
+        fleet = cells.collapse_cohorts()
+        # Without cohort columns every row is in the fleet cohort: its stats appear once.
+        stats = pd.concat([*([cells.long()] if self.cohort_columns else []), fleet.long()], ignore_index=True)
+        if not daily:
+            stats = pd.concat([stats.assign(hour=hour) for hour in range(24)], ignore_index=True)
+        return stats[list(COHORT_STATS_COLUMNS)]
+
+
+@dataclasses.dataclass
+class _Moments:
+    """Per cell (rows: a (cohort, hour) index) and metric (columns): count, mean and the sum of
+    squared deviations from the mean."""
+
+    count: pd.DataFrame
+    mean: pd.DataFrame
+    m2: pd.DataFrame
+
+    def merge(self, other: _Moments) -> _Moments:
+        index = self.count.index.union(other.count.index)
+        n_a, n_b = (m.count.reindex(index).fillna(0).to_numpy(np.float64) for m in (self, other))
+        mean_a, mean_b = (m.mean.reindex(index).fillna(0).to_numpy() for m in (self, other))
+        m2_a, m2_b = (m.m2.reindex(index).fillna(0).to_numpy() for m in (self, other))
+        n = n_a + n_b
+        with np.errstate(invalid="ignore", divide="ignore"):
+            weight = np.where(n > 0, n_b / n, 0.0)
+        delta = mean_b - mean_a
+        columns = self.count.columns
+        return _Moments(
+            pd.DataFrame(n.astype(np.int64), index=index, columns=columns),
+            pd.DataFrame(mean_a + delta * weight, index=index, columns=columns),
+            pd.DataFrame(m2_a + m2_b + delta**2 * n_a * weight, index=index, columns=columns),
+        )
+
+    def _collapse(self, level: str, value) -> _Moments:
+        """Every cell sharing the other level merged into one, with ``level`` set to ``value``."""
+        keep = "cohort" if level == "hour" else "hour"
+        result = None
+        for _, group in self.count.groupby(level=level, sort=True):
+            part = _Moments(*(frame.loc[group.index].droplevel(level) for frame in (self.count, self.mean, self.m2)))
+            result = part if result is None else result.merge(part)
+        index = pd.MultiIndex.from_arrays(
+            [result.count.index, [value] * len(result.count)] if keep == "cohort" else [[value] * len(result.count), result.count.index],
+            names=["cohort", "hour"],
+        )
+        return _Moments(*(frame.set_axis(index) for frame in (result.count, result.mean, result.m2)))
+
+    def collapse_hours(self) -> _Moments:
+        return self._collapse("hour", 0)
+
+    def collapse_cohorts(self) -> _Moments:
+        return self._collapse("cohort", FLEET)
+
+    def long(self) -> pd.DataFrame:
+        """One row per (cohort, hour, metric), cells sorted: mean, std (n - 1) and count."""
+        order = self.count.sort_index().index
+        count = self.count.loc[order]
+        mean = self.mean.loc[order].where(count > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            std = np.sqrt(self.m2.loc[order] / (count - 1)).where(count > 1)
+        stats = pd.concat({"mean": mean, "std": std, "count": count.astype(np.int64)}, axis=1)
+        stats.columns.names = ["stat", "metric"]
+        return stats.stack("metric", future_stack=True).reset_index()
 
 
 def cohort_z_tables(stats: pd.DataFrame, metrics: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ the validation slice; with labels there, it is the best-F1 threshold when that i
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ from anomaly_assets.core.drift import fit_drift_reference
 from anomaly_assets.core.ensemble import (
     MEMBERS,
     DeviceNorms,
+    DeviceSpreads,
     Reconstruction,
     ScoreFusion,
     device_source_columns,
@@ -33,15 +35,21 @@ from anomaly_assets.core.fast_forest import CompiledForest
 from anomaly_assets.core.features import FeatureSpec
 from anomaly_assets.core.metrics import alert_events, classification_metrics, device_days, event_f1
 from anomaly_assets.core.model import SCORED_COLUMNS, FleetAnomalyModel, ModelInputs, _model_frame, _monitored
+from anomaly_assets.core.training_window import SamplePlan, TrainingWindow, slice_masks
 
 __all__ = [
     "SCORED_COLUMNS",
     "DetectorConfig",
     "FleetAnomalyModel",
     "ModelInputs",
+    "TrainedDetector",
+    "TrainingWindow",
     "choose_threshold",
+    "fit_chunks",
     "fit_slice",
+    "fitting_sample",
     "train_detector",
+    "train_window",
     "training_slices",
 ]
 
@@ -75,7 +83,14 @@ class DetectorConfig:
     # README "Detection quality".
     tail_calibration: str = "discrete"
     reconstruction_variance: float = 0.9
-    fit_sample_rows: int = 200_000  # bound on the rows the reconstruction and fusion are fitted on
+    # Bound on the fitting rows the forest, device norms' cohort and fleet lines, baselines and
+    # the drift reference are fitted on: above it, a sample stratified by cohort and day
+    # (core.training_window). Per-device norms and cohort stats always see every fitting row.
+    sample_rows: int = 500_000
+    fit_sample_rows: int = 200_000  # bound on the sample rows the reconstruction and fusion are fitted on
+    # Devices whose validation and held-out rows choose the threshold and measure quality; a
+    # uniform sample of devices above it.
+    evaluation_devices: int = 5_000
     random_state: int = 0
 
     def resolved_suffixes(self, spec: FeatureSpec) -> tuple[str, ...]:
@@ -85,34 +100,19 @@ class DetectorConfig:
 def training_slices(
     features: pd.DataFrame, config: DetectorConfig = DetectorConfig()
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(fit, validation, holdout): each strictly later than the one before, per device."""
-    stamps = features["timestamp"]
+    """(fit, validation, holdout) of a window in memory: each strictly later than the one before,
+    per device (``core.training_window.slice_masks``)."""
     if features.empty:
         raise ValueError("the training window holds no rows")
-    days = stamps.dt.floor("D")
-    unique_days = np.sort(days.unique())
-    later = config.validation_days + config.holdout_days
-    if config.validation_days >= 1 and len(unique_days) > later:
-        first_validation = unique_days[-later]
-        in_holdout = (days >= unique_days[-config.holdout_days]).to_numpy() if config.holdout_days else np.zeros(len(days), bool)
-        in_validation = (days >= first_validation).to_numpy() & ~in_holdout
-    else:
-        if not 0 < config.validation_share < 1 - config.holdout_share:
-            raise ValueError("validation_share and holdout_share must leave a share of each device's history to fit on")
-        ticks = stamps.astype("int64").to_numpy().astype(np.float64)
-        devices = features["device_id"].to_numpy()
-        first = pd.Series(ticks).groupby(devices).transform("min").to_numpy()
-        last = pd.Series(ticks).groupby(devices).transform("max").to_numpy()
-        position = np.where(last > first, (ticks - first) / np.where(last > first, last - first, 1.0), 0.0)
-        in_holdout = position > 1.0 - config.holdout_share if config.holdout_share > 0 else np.zeros(len(ticks), bool)
-        in_validation = (position > 1.0 - config.holdout_share - config.validation_share) & ~in_holdout
-    in_fit = ~(in_validation | in_holdout)
-    if not in_fit.any() or not in_validation.any():
-        raise ValueError(
-            f"the training window ({len(features)} rows, {len(unique_days)} day(s)) leaves no rows to fit on "
-            "or none to choose the threshold on"
-        )
+    days = np.sort(features["timestamp"].dt.floor("D").unique())
+    in_fit, in_validation, in_holdout = slice_masks(features, days, config)
+    _require_slices(in_fit.any(), in_validation.any(), f"{len(features)} rows, {len(days)} day(s)")
     return features.loc[in_fit], features.loc[in_validation], features.loc[in_holdout]
+
+
+def _require_slices(fit: bool, validation: bool, window: str) -> None:
+    if not fit or not validation:
+        raise ValueError(f"the training window ({window}) leaves no rows to fit on or none to choose the threshold on")
 
 
 def fit_slice(features: pd.DataFrame, config: DetectorConfig = DetectorConfig()) -> pd.DataFrame:
@@ -120,14 +120,39 @@ def fit_slice(features: pd.DataFrame, config: DetectorConfig = DetectorConfig())
     return training_slices(features, config)[0]
 
 
-def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.sort_values(["device_id", "timestamp"], kind="stable", ignore_index=True)
+def fit_chunks(window: TrainingWindow, config: DetectorConfig = DetectorConfig()) -> Iterator[pd.DataFrame]:
+    """Each chunk's fitting rows, sorted by device and time (``cohort_stats`` adds them up)."""
+    found = False
+    for chunk in window.chunks():
+        in_fit, _, _ = slice_masks(chunk, window.days, config)
+        found = found or bool(in_fit.any())
+        yield chunk.loc[in_fit]
+    if not found:
+        raise ValueError("the training window leaves no rows to fit on")
+
+
+def fitting_sample(
+    window: TrainingWindow, cohort_columns: Sequence[str], config: DetectorConfig = DetectorConfig(), plan: SamplePlan | None = None
+) -> pd.DataFrame:
+    """The fitting rows the detectors and baselines are fitted on: all of them up to
+    ``config.sample_rows``, else a sample stratified by cohort and day (``SamplePlan``)."""
+    plan = plan or SamplePlan.build(window, cohort_columns, config)
+    parts = [plan.take(rows, cohort_columns) for rows in fit_chunks(window, config)]
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
 
 
 def _sample(n: int, limit: int, seed: int) -> np.ndarray:
     if n <= limit:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+
+
+@dataclasses.dataclass
+class TrainedDetector:
+    model: FleetAnomalyModel
+    metrics: dict[str, float]
+    report_rows: pd.DataFrame  # held-out (else validation) rows of evaluated devices, for figures
+    plan: SamplePlan
 
 
 def train_detector(
@@ -138,106 +163,196 @@ def train_detector(
     config: DetectorConfig = DetectorConfig(),
     label_column: str | None = "is_injected_anomaly",
 ) -> tuple[FleetAnomalyModel, dict[str, float]]:
-    """Fit on the fitting slice, pick the threshold on the validation slice, measure on the holdout.
+    """``train_window`` on a window in memory; returns the model and its metrics."""
+    if device_features.empty:
+        raise ValueError("the training window holds no rows")
+    trained = train_window(TrainingWindow.of_frame(device_features), cohort_stats, baselines, spec, config, label_column)
+    return trained.model, trained.metrics
 
-    ``cohort_stats`` and ``baselines`` must have been fitted on ``fit_slice(device_features, config)``.
-    Returns the model and its metrics: ``threshold_slice_*`` on the validation slice, the plain
-    names (``auc_pr``, ``f1``, ...) on the holdout slice when there is one.
+
+def train_window(
+    window: TrainingWindow,
+    cohort_stats: pd.DataFrame,
+    baselines: pd.DataFrame,
+    spec: FeatureSpec,
+    config: DetectorConfig = DetectorConfig(),
+    label_column: str | None = "is_injected_anomaly",
+    report_rows: int = 100_000,
+) -> TrainedDetector:
+    """Fit on the fitting slice, pick the threshold on the validation slice, measure on the holdout,
+    reading the window a chunk of whole devices at a time.
+
+    ``cohort_stats`` and ``baselines`` must have been fitted on the window's fitting slice. Peak
+    memory depends on ``config.sample_rows``, ``config.evaluation_devices`` and the chunk size,
+    not on the fleet or the window's length. Metrics: ``threshold_slice_*`` on the validation
+    slice, the plain names (``auc_pr``, ``f1``, ...) on the holdout slice when there is one.
     """
     unknown = sorted(set(config.members) - set(MEMBERS))
     if unknown or not config.members:
         raise ValueError(f"members must be a non-empty subset of {MEMBERS}, got {config.members}")
-    fit_part, validation_part, holdout_part = (_sorted(p) for p in training_slices(device_features, config))
-    fit_frame = _model_frame(fit_part, spec, cohort_stats, baselines)
+    if config.tail_calibration not in ("none", "all", "discrete"):
+        raise ValueError(f"tail_calibration must be 'none', 'all' or 'discrete', got {config.tail_calibration!r}")
+    plan = SamplePlan.build(window, spec.cohort_columns, config)
+    model = FleetAnomalyModel(
+        spec=spec,
+        cohort_stats=cohort_stats,
+        baselines=baselines,
+        feature_columns=[],
+        medians=np.zeros(0),
+        scales=np.zeros(0),
+        forest=None,
+        threshold=np.inf,
+        score_reference=0.0,
+        members=tuple(config.members),
+        device_columns=device_source_columns(spec.metrics, spec.windows[:1]),
+    )
+    # Pass 1: every device's norms from all its fitting rows (exact), and the fitting sample.
+    sample_parts, spreads, fit_times = [], [], []
+    for rows in fit_chunks(window, config):
+        if len(rows):
+            spreads.append(DeviceSpreads.of(model.device_raw(rows), rows["device_id"]))
+            sample_parts.append(plan.take(rows, spec.cohort_columns))
+            fit_times += [rows["timestamp"].min(), rows["timestamp"].max()]
+    sample = pd.concat(sample_parts, ignore_index=True) if len(sample_parts) > 1 else sample_parts[0].reset_index(drop=True)
+    del sample_parts
+    _fit_members(model, sample, DeviceSpreads.concat(spreads), config)
+    del spreads
+
+    # Pass 2: the evaluated devices' validation and held-out rows, scored a chunk at a time.
+    validation, holdout = _EvaluationRows(report_rows), _EvaluationRows(report_rows)
+    for chunk in window.chunks():
+        chunk = chunk.loc[plan.evaluated(chunk["device_id"])]
+        _, in_validation, in_holdout = slice_masks(chunk, window.days, config)
+        for rows, into in ((chunk.loc[in_validation], validation), (chunk.loc[in_holdout], holdout)):
+            if len(rows):
+                into.add(rows, model.raw_scores(model.model_inputs(rows)), label_column)
+    _require_slices(len(sample) > 0, validation.count > 0, f"{plan.fit_rows} fitting rows, {len(window.days)} day(s)")
+    val = validation.frame()
+    model.threshold = choose_threshold(
+        val["score"].to_numpy(),
+        validation.labels(),
+        val["device_id"].to_numpy(),
+        device_days(val["device_id"], val["timestamp"]),
+        config.alert_budget,
+        config.event_merge_samples,
+    )
+    model.score_reference = float(np.median(val["score"].to_numpy()))
+    metrics = {
+        "fit_rows": float(plan.fit_rows),
+        "sample_rows": float(len(sample)),
+        "validation_rows": float(validation.count),
+        "holdout_rows": float(holdout.count),
+        "evaluated_devices": float(val["device_id"].nunique()),
+        "threshold": float(model.threshold),
+        **{f"threshold_slice_{k}": v for k, v in _quality(model, val, val["score"].to_numpy(), validation.labels(), config).items()},
+    }
+    if holdout.count:
+        held = holdout.frame()
+        metrics.update(_quality(model, held, held["score"].to_numpy(), holdout.labels(), config))
+    model.training_summary = {
+        "fit_start": str(min(fit_times)),
+        "fit_end": str(max(fit_times)),
+        "validation_start": str(val["timestamp"].min()),
+        "validation_end": str(val["timestamp"].max()),
+        "holdout_start": str(holdout.first) if holdout.count else None,
+        "holdout_end": str(holdout.last) if holdout.count else None,
+        "members": list(config.members),
+        **metrics,
+    }
+    shown = holdout if holdout.count else validation
+    return TrainedDetector(model, metrics, shown.report(), plan)
+
+
+def _fit_members(model: FleetAnomalyModel, sample: pd.DataFrame, per_device: DeviceSpreads, config: DetectorConfig) -> None:
+    """The forest, the device norms, the reconstruction and the fusion from the fitting sample
+    (sorted by device and time); the device norms' device lines from ``per_device``."""
+    spec = model.spec
+    fit_frame = _model_frame(sample, spec, model.cohort_stats, model.baselines)
     suffixes = config.resolved_suffixes(spec)
     feature_columns = [c for c in fit_frame.columns if c in config.row_features or c.rpartition("__")[2] in suffixes]
     if not feature_columns:
         raise ValueError(f"no model features match {suffixes} / {config.row_features}")
     fit_values = fit_frame[feature_columns].to_numpy(dtype=np.float64)
-    medians = np.nan_to_num(np.nanmedian(fit_values, axis=0), nan=0.0)
-    scales = _robust_scales(fit_values)
-    forest = IsolationForest(
+    model.feature_columns = feature_columns
+    model.medians = np.nan_to_num(np.nanmedian(fit_values, axis=0), nan=0.0)
+    model.scales = _robust_scales(fit_values)
+    model.forest = IsolationForest(
         n_estimators=config.n_estimators,
         max_samples=min(config.max_samples, len(fit_values)),
         random_state=config.random_state,
         n_jobs=1,
-    ).fit(np.where(np.isnan(fit_values), medians[None, :], fit_values))
-    model = FleetAnomalyModel(
-        spec=spec,
-        cohort_stats=cohort_stats,
-        baselines=baselines,
-        feature_columns=feature_columns,
-        medians=medians,
-        scales=scales,
-        forest=forest,
-        threshold=np.inf,
-        score_reference=0.0,
-        drift_reference=fit_drift_reference(fit_frame, _monitored(spec, feature_columns), seed=config.random_state),
-        compiled_forest=CompiledForest.from_sklearn(forest),
-        members=tuple(config.members),
-        device_columns=device_source_columns(spec.metrics, spec.windows[:1]),
-    )
+    ).fit(np.where(np.isnan(fit_values), model.medians[None, :], fit_values))
+    model.compiled_forest = CompiledForest.from_sklearn(model.forest)
+    model.drift_reference = fit_drift_reference(fit_frame, _monitored(spec, feature_columns), seed=config.random_state)
     del fit_frame, fit_values
-    # Device norms from every fitting row; the reconstruction and fusion from a bounded sample.
-    cohorts = model.cohorts(fit_part)
-    raw = model.device_raw(fit_part, cohorts)
-    sparse = set(sparse_metrics(fit_part, spec.metrics))
-    model.device_norms = DeviceNorms.fit(
+    # The reconstruction and fusion from a bounded share of the sample.
+    cohorts = model.cohorts(sample)
+    raw = model.device_raw(sample, cohorts)
+    sparse = set(sparse_metrics(sample, spec.metrics))
+    model.device_norms = DeviceNorms.from_device_spreads(
+        per_device,
         raw,
-        fit_part["device_id"],
         cohorts[1].take(cohorts[0]).reset_index(drop=True),
         discrete=np.array([c.partition("__")[0] in sparse for c in model.device_columns], dtype=bool),
         # A metric going missing is a fault however often it happens: never weighed as a count.
         continuous=np.array([c == "missing_metrics" for c in model.device_columns], dtype=bool),
     )
-    rows = model.device_norms.table_rows(fit_part["device_id"], *cohorts)
+    rows = model.device_norms.table_rows(sample["device_id"], *cohorts)
     device = model.device_norms.standardize(raw, rows)
     del raw
-    sample = _sample(len(fit_part), config.fit_sample_rows, config.random_state)
-    if config.tail_calibration not in ("none", "all", "discrete"):
-        raise ValueError(f"tail_calibration must be 'none', 'all' or 'discrete', got {config.tail_calibration!r}")
+    fit_rows = _sample(len(sample), config.fit_sample_rows, config.random_state)
     if config.tail_calibration != "none":
         columns = model.device_norms.discrete if config.tail_calibration == "discrete" else None
-        device = model.device_norms.calibrate(device, columns, sample)
-    model.reconstruction = Reconstruction.fit(
-        device, config.reconstruction_variance, config.fit_sample_rows, config.random_state
-    )
-    inputs = ModelInputs(model.model_matrix(fit_part.iloc[sample], None), device[sample])
+        device = model.device_norms.calibrate(device, columns, fit_rows)
+    model.reconstruction = Reconstruction.fit(device, config.reconstruction_variance, config.fit_sample_rows, config.random_state)
+    inputs = ModelInputs(model.model_matrix(sample.iloc[fit_rows], None), device[fit_rows])
     model.fusion = ScoreFusion.fit(model.member_scores(inputs))
-    del device, inputs
 
-    validation_scores = model.raw_scores(model.model_inputs(validation_part))
-    labels = _labels(validation_part, label_column)
-    model.threshold = choose_threshold(
-        validation_scores,
-        labels,
-        validation_part["device_id"].to_numpy(),
-        device_days(validation_part["device_id"], validation_part["timestamp"]),
-        config.alert_budget,
-        config.event_merge_samples,
-    )
-    model.score_reference = float(np.median(validation_scores))
-    metrics = {
-        "fit_rows": float(len(fit_part)),
-        "validation_rows": float(len(validation_part)),
-        "holdout_rows": float(len(holdout_part)),
-        "threshold": float(model.threshold),
-        **{f"threshold_slice_{k}": v for k, v in _quality(model, validation_part, validation_scores, labels, config).items()},
-    }
-    if len(holdout_part):
-        holdout_scores = model.raw_scores(model.model_inputs(holdout_part))
-        metrics.update(_quality(model, holdout_part, holdout_scores, _labels(holdout_part, label_column), config))
-    model.training_summary = {
-        "fit_start": str(fit_part["timestamp"].min()),
-        "fit_end": str(fit_part["timestamp"].max()),
-        "validation_start": str(validation_part["timestamp"].min()),
-        "validation_end": str(validation_part["timestamp"].max()),
-        "holdout_start": str(holdout_part["timestamp"].min()) if len(holdout_part) else None,
-        "holdout_end": str(holdout_part["timestamp"].max()) if len(holdout_part) else None,
-        "members": list(config.members),
-        **metrics,
-    }
-    return model, metrics
+
+class _EvaluationRows:
+    """Scores of one slice's evaluated rows with their device, time and label, chunk by chunk,
+    and the first ``report_rows`` of its rows whole (for the training figures)."""
+
+    def __init__(self, report_rows: int):
+        self.parts: list[pd.DataFrame] = []
+        self.report_rows = report_rows
+        self._report: list[pd.DataFrame] = []
+        self._reported = 0
+        self.count = 0
+        self.first = self.last = None
+        self._labelled = True
+
+    def add(self, rows: pd.DataFrame, scores: np.ndarray, label_column: str | None) -> None:
+        labels = _labels(rows, label_column)
+        self._labelled = self._labelled and labels is not None
+        self.parts.append(
+            pd.DataFrame(
+                {
+                    "device_id": rows["device_id"].to_numpy(),
+                    "timestamp": rows["timestamp"].reset_index(drop=True),
+                    "score": scores,
+                    "label": labels if labels is not None else np.zeros(len(rows), bool),
+                }
+            )
+        )
+        self.count += len(rows)
+        if self._reported < self.report_rows:
+            self._report.append(rows.head(self.report_rows - self._reported))
+            self._reported += len(self._report[-1])
+        first, last = rows["timestamp"].min(), rows["timestamp"].max()
+        self.first = first if self.first is None else min(self.first, first)
+        self.last = last if self.last is None else max(self.last, last)
+
+    def frame(self) -> pd.DataFrame:
+        frame = pd.concat(self.parts, ignore_index=True) if len(self.parts) > 1 else self.parts[0]
+        self.parts = [frame]
+        return frame
+
+    def report(self) -> pd.DataFrame:
+        return pd.concat(self._report, ignore_index=True) if len(self._report) > 1 else self._report[0].reset_index(drop=True)
+
+    def labels(self) -> np.ndarray | None:
+        return self.frame()["label"].to_numpy(dtype=bool) if self._labelled else None
 
 
 def sparse_metrics(frame: pd.DataFrame, metrics) -> list[str]:

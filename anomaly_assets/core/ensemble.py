@@ -82,6 +82,8 @@ def _spread(values: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return median, np.where(mad > 0, mad, mean_deviation)
 
 
+# |z| at or below this is a deviation of 0 (rounding, e.g. of cohort stats added up in chunks).
+ZERO_DEVIATION = 1e-9
 # Tail probabilities at which each column's |z| is calibrated (the maximum is added).
 CALIBRATION_LEVELS = np.array([0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999])
 
@@ -114,9 +116,12 @@ class TailCalibration:
                 values.append(None)
                 continue
             quantiles = np.quantile(column, np.r_[CALIBRATION_LEVELS, 1.0]) if len(column) else np.zeros(len(levels))
-            # Tied quantiles (a mostly constant column) become one knot at their middle level.
-            unique, first = np.unique(quantiles, return_index=True)
-            last = np.r_[first[1:] - 1, len(quantiles) - 1] if len(unique) else first
+            # Tied quantiles (a mostly constant column) become one knot at their middle level;
+            # quantiles equal but for rounding are tied too.
+            tied = np.diff(quantiles) <= ZERO_DEVIATION * np.maximum(np.abs(quantiles[1:]), 1.0)
+            first = np.flatnonzero(np.r_[True, ~tied])
+            unique = quantiles[first]
+            last = np.r_[first[1:] - 1, len(quantiles) - 1]
             middle = norm.ppf((1.0 + (levels[first] + levels[last]) / 2.0) / 2.0)
             knots.append(unique.astype(np.float64))
             values.append(np.maximum.accumulate(np.asarray(middle, dtype=np.float64)))
@@ -143,7 +148,36 @@ class TailCalibration:
             ratio = np.maximum(magnitude / top, 1.0)
             grown = values[-1] * (1.0 + np.log(ratio)) if self.beyond == "log" else values[-1] * ratio
             mapped = np.where(magnitude > top, grown, mapped)
-        return np.copysign(mapped, column)
+        # A typical value (the device's median) maps to the tied knot's nonzero level: its sign
+        # must not follow the rounding of a deviation that is 0 in exact arithmetic.
+        return np.where(magnitude <= ZERO_DEVIATION, mapped, np.copysign(mapped, column))
+
+
+@dataclasses.dataclass
+class DeviceSpreads:
+    """Per key (a device, or a cohort), the median and robust spread (``_spread``) of each
+    column. A device's rows all lie in one chunk of a training window, so the fleet's table is
+    the chunks' tables stacked (``concat``)."""
+
+    keys: pd.Index  # the keys as text, sorted
+    medians: np.ndarray  # (keys, columns)
+    scales: np.ndarray
+
+    @classmethod
+    def of(cls, raw: np.ndarray, keys: pd.Series) -> DeviceSpreads:
+        codes, uniques = pd.factorize(keys.to_numpy(), sort=True)
+        median, scale = _spread(raw, codes)
+        return cls(pd.Index(np.asarray(uniques).astype(str)), median, scale)
+
+    @classmethod
+    def concat(cls, parts: Sequence[DeviceSpreads]) -> DeviceSpreads:
+        """Tables of disjoint keys (chunks of whole devices) as one."""
+        if len(parts) == 1:
+            return parts[0]
+        keys = pd.Index(np.concatenate([p.keys.to_numpy() for p in parts]))
+        if not keys.is_unique:
+            raise ValueError("a device's fitting rows were split across chunks: its spread needs all of them at once")
+        return cls(keys, np.vstack([p.medians for p in parts]), np.vstack([p.scales for p in parts]))
 
 
 @dataclasses.dataclass
@@ -167,7 +201,22 @@ class DeviceNorms:
         discrete: np.ndarray | None = None,
         continuous: np.ndarray | None = None,
     ) -> DeviceNorms:
-        """``raw``: the device source columns of the fitting rows (NaN allowed).
+        """``raw``: the device source columns of the fitting rows (NaN allowed)."""
+        return cls.from_device_spreads(DeviceSpreads.of(raw, devices), raw, cohorts, floor_share, discrete, continuous)
+
+    @classmethod
+    def from_device_spreads(
+        cls,
+        per_device: DeviceSpreads,
+        raw: np.ndarray,
+        cohorts: pd.Series,
+        floor_share: float = 0.5,
+        discrete: np.ndarray | None = None,
+        continuous: np.ndarray | None = None,
+    ) -> DeviceNorms:
+        """``per_device``: every device's median and spread over all its fitting rows (exact,
+        gathered a chunk of devices at a time); ``raw`` and ``cohorts``: the device source columns
+        and cohort of the fitting rows, or of a sample of them, for the cohort and fleet lines.
 
         A device's spread is floored at ``floor_share`` of the typical device's, so a metric one
         device never moved is not infinitely tight; a column the whole fleet never moved carries no
@@ -178,19 +227,16 @@ class DeviceNorms:
         fleet_mad = 1.4826 * pd.DataFrame(np.abs(raw - fleet_median[None, :]), copy=False).median().to_numpy()
         fleet_median = np.nan_to_num(fleet_median, nan=0.0)
         fleet_scale = np.where(np.nan_to_num(fleet_scale) > 0, fleet_scale, np.inf)
-        tables_median, tables_scale, indexes = [], [], []
-        floor = None
-        for keys in (devices, cohorts):
-            codes, uniques = pd.factorize(keys.to_numpy(), sort=True)
-            median, scale = _spread(raw, codes)
-            if floor is None:  # the typical device's own spread: the fleet's mixes device offsets in
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # a column no device reported
-                    typical = np.nanmedian(np.where(scale > 0, scale, np.nan), axis=0)
-                floor = floor_share * np.where(np.isnan(typical), fleet_scale, typical)
-            tables_median.append(np.where(np.isnan(median), fleet_median[None, :], median))
-            tables_scale.append(np.maximum(np.nan_to_num(scale, nan=np.inf), floor[None, :]))
-            indexes.append(pd.Index(np.asarray(uniques).astype(str)))
+        # The typical device's own spread: the fleet's mixes device offsets in.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a column no device reported
+            typical = np.nanmedian(np.where(per_device.scales > 0, per_device.scales, np.nan), axis=0)
+        floor = floor_share * np.where(np.isnan(typical), fleet_scale, typical)
+        cohort_spreads = DeviceSpreads.of(raw, cohorts)
+        tables_median, tables_scale = [], []
+        for spreads in (per_device, cohort_spreads):
+            tables_median.append(np.where(np.isnan(spreads.medians), fleet_median[None, :], spreads.medians))
+            tables_scale.append(np.maximum(np.nan_to_num(spreads.scales, nan=np.inf), floor[None, :]))
         medians = np.vstack([*tables_median, fleet_median[None, :]])
         scales = np.vstack([*tables_scale, fleet_scale[None, :]])
         # A column whose median absolute deviation is 0 fleet-wide is mostly one value (a count of
@@ -202,7 +248,7 @@ class DeviceNorms:
         none = np.zeros(len(fleet_mad), bool)
         discrete = (~(fleet_mad > 0) | (none if discrete is None else discrete)) & ~(none if continuous is None else continuous)
         scales[:, discrete] = fleet_scale[None, discrete]
-        return cls(devices=indexes[0], cohorts=indexes[1], medians=medians, scales=scales, discrete=discrete)
+        return cls(devices=per_device.keys, cohorts=cohort_spreads.keys, medians=medians, scales=scales, discrete=discrete)
 
     def table_rows(self, devices: pd.Series, cohort_index: np.ndarray, cohort_keys: pd.Series) -> np.ndarray:
         """Each row's line in the tables: its device, else its cohort, else the fleet."""

@@ -75,11 +75,26 @@ class DeviceChunks:
     is still read correctly, only with more IO.
     """
 
-    def __init__(self, paths: Sequence[UPath], devices_per_chunk: int = DEFAULT_DEVICES_PER_CHUNK):
+    def __init__(
+        self,
+        paths: Sequence[UPath],
+        devices_per_chunk: int = DEFAULT_DEVICES_PER_CHUNK,
+        columns: Sequence[str] | None = None,
+    ):
         if devices_per_chunk < 1:
             raise ValueError(f"devices_per_chunk must be at least 1, got {devices_per_chunk}")
         self.paths = list(paths)
         self.devices_per_chunk = devices_per_chunk
+        self.columns = list(columns) if columns is not None else None  # None: every column
+        self._boundaries: list | None = None
+
+    def with_options(self, devices_per_chunk: int | None = None, columns: Sequence[str] | None = None) -> DeviceChunks:
+        """The same files read in other chunks or with only some columns (training reads a
+        several-day window in smaller chunks, and some of its passes only a few columns)."""
+        other = DeviceChunks(self.paths, devices_per_chunk or self.devices_per_chunk, columns)
+        if other.devices_per_chunk == self.devices_per_chunk:
+            other._boundaries = self._boundaries
+        return other
 
     def rows_per_file(self) -> list[int]:
         """Each file's rows, in the order of ``paths`` (one file per loaded partition), from their
@@ -92,14 +107,19 @@ class DeviceChunks:
 
     def frame(self) -> pd.DataFrame:
         """Every row at once."""
-        frames = [_read(path) for path in self.paths]
+        frames = [_read(path, columns=self.columns) for path in self.paths]
         if not frames:
             return pd.DataFrame()
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
     def boundaries(self) -> list:
         """The first device id of each chunk, ascending; empty when there is nothing to chunk by
-        (no rows, or no device id column: one chunk then holds every row)."""
+        (no rows, or no device id column: one chunk then holds every row). Read once."""
+        if self._boundaries is None:
+            self._boundaries = self._read_boundaries()
+        return self._boundaries
+
+    def _read_boundaries(self) -> list:
         devices = None
         for path in self.paths:
             with path.open("rb") as handle:
@@ -135,7 +155,7 @@ class DeviceChunks:
                 condition = device >= low
             else:
                 condition = (device >= low) & (device < high)
-            frames = [_read(path, condition) for path in self.paths]
+            frames = [_read(path, condition, self.columns) for path in self.paths]
             yield pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
@@ -368,6 +388,10 @@ def _wants_chunks(context: dg.InputContext) -> bool:
         return False
 
 
-def _read(path: UPath, condition: ds.Expression | None = None) -> pd.DataFrame:
+def _read(path: UPath, condition: ds.Expression | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
     with path.open("rb") as handle:
-        return pd.read_parquet(handle, filters=condition)
+        if columns is not None:  # only those the file has (an empty partition has none)
+            present = set(pq.ParquetFile(handle).schema_arrow.names)
+            handle.seek(0)
+            columns = [c for c in columns if c in present]
+        return pd.read_parquet(handle, filters=condition, columns=columns)

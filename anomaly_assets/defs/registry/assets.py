@@ -11,7 +11,7 @@ from anomaly_assets.version import code_version
 from anomaly_assets.core.promotion import GateConfig, evaluate_gate, unseen_rows
 from anomaly_assets.defs.partitions import daily_partitions
 from anomaly_assets.defs.training.assets import anomaly_detector
-from anomaly_assets.defs.registry.champion import champion_observed
+from anomaly_assets.defs.registry.champion import champion_observed, recorded_champion
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
 from anomaly_assets.resources.registry_client import CHAMPION, PromotionRefused
 
@@ -35,7 +35,8 @@ class PromotionConfig(dg.Config):
     deps=[anomaly_detector],
     backfill_policy=dg.BackfillPolicy.multi_run(1),
     description="Shadow-scores the challenger and the champion on the partition's rows neither was trained on and moves "
-    "'champion' only when the gate passes; the decision and its reasons go to MLflow tags and metadata.",
+    "'champion' only when the gate passes; the decision and its reasons go to MLflow tags and metadata; a new (or "
+    "first) champion is recorded as an observation of champion_model.",
 )
 def model_promotion(
     context: dg.AssetExecutionContext,
@@ -54,6 +55,12 @@ def model_promotion(
             "materialize anomaly_detector for it first"
         )
     if challenger_version == champion_version:
+        # Typically the first trained version, champion on registration: recorded in the graph
+        # before anything is scored with it.
+        if recorded_champion(context.instance) != champion_version:
+            history = model_registry.champion_history()
+            change = history[-1] if history and history[-1]["version"] == champion_version else {"version": champion_version}
+            context.log_event(champion_observed(model_registry, change))
         return dg.MaterializeResult(
             metadata={"decision": "no change", "reason": f"challenger version {challenger_version} is already champion",
                       "champion_version": champion_version}
@@ -98,6 +105,7 @@ def model_promotion(
             challenger_version, reason="; ".join(decision.reasons), actor=f"model_promotion run {context.run.run_id}"
         )
         audit.record_champion_change(results_store, actor, entry, action="champion.gate")
+        context.log_event(champion_observed(model_registry, entry))
     table = pd.DataFrame({"challenger": decision.challenger, "champion": decision.champion}).round(4)
     return dg.MaterializeResult(
         metadata={

@@ -8,7 +8,10 @@ materialization's lineage records the version it used.
 Every change is picked up the same way, whoever made it (the promotion gate, ``anomaly-assets model
 promote|rollback``, the promote/rollback jobs, or someone in the MLflow UI):
 ``champion_observation_sensor`` reads the alias each tick and records an observation when it
-differs from the last one. "Observe" on the asset in the UI does the same on demand.
+differs from the last one. "Observe" on the asset in the UI does the same on demand. The gate and
+the promote/rollback jobs also record the change in their own run, at once, and the gate records
+the first champion too: a partition scored before any observation would name no version, and turn
+stale at the first one even when that is the version it was scored with.
 """
 
 from __future__ import annotations
@@ -44,6 +47,14 @@ def champion_observed(model_registry: MlflowModelRegistry, change: dict) -> dg.A
         },
         tags={DATA_VERSION_TAG: str(change["version"])},
     )
+
+
+def recorded_champion(instance: dg.DagsterInstance) -> str | None:
+    """The champion version the graph last recorded (its newest observation's data version)."""
+    records = instance.fetch_observations(CHAMPION_MODEL, limit=1).records
+    if not records or records[0].asset_observation is None:
+        return None
+    return records[0].asset_observation.tags.get(DATA_VERSION_TAG)
 
 
 @dg.observable_source_asset(

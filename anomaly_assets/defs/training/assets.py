@@ -15,12 +15,14 @@ from anomaly_assets import audit
 from anomaly_assets.core.audit import run_actor
 from anomaly_assets.version import code_version
 from anomaly_assets.core.baselines import fit_baselines
-from anomaly_assets.core.cohorts import fit_cohort_stats
+from anomaly_assets.core.cohorts import CohortStatsAccumulator
 from anomaly_assets import reports
-from anomaly_assets.core.detector import DetectorConfig, fit_slice, train_detector, training_slices
+from anomaly_assets.core.detector import DetectorConfig, fit_chunks, fitting_sample, train_window
+from anomaly_assets.core.training_window import TrainingWindow
 from anomaly_assets.defs.features.assets import feature_spec
 from anomaly_assets.defs.partitions import daily_partitions, markdown_preview, training_window
 from anomaly_assets.resources import InventorySource, MlflowModelRegistry, ResultsStore, TelemetrySource
+from anomaly_assets.resources.parquet_io import DeviceChunks
 from anomaly_assets.resources.registry_client import CHAMPION
 
 TRAINING = dict(
@@ -33,42 +35,57 @@ TRAINING = dict(
 TRAINING_WINDOW_IN = {"device_features": dg.AssetIn(partition_mapping=training_window)}
 
 
-def _window_metadata(features: pd.DataFrame) -> dict:
-    days = features["timestamp"].dt.strftime("%Y-%m-%d").unique()
-    return {"training_days": dg.MetadataValue.json(sorted(days)), "training_rows": len(features)}
+def window_chunks(device_features: DeviceChunks) -> TrainingWindow:
+    """The window's partitions read a chunk of whole devices at a time, every day of a device in
+    its chunk: chunks of fewer devices than one day's, so a chunk holds about as many rows."""
+    per_chunk = max(1, device_features.devices_per_chunk // max(len(device_features.paths), 1))
+    chunks = device_features.with_options(devices_per_chunk=per_chunk)
+    chunks.boundaries()  # read once, shared by every pass
+    return TrainingWindow(lambda columns: chunks.with_options(columns=columns))
+
+
+def _window_metadata(window: TrainingWindow, device_features: DeviceChunks) -> dict:
+    days = [pd.Timestamp(day).strftime("%Y-%m-%d") for day in window.days]
+    return {"training_days": dg.MetadataValue.json(days), "training_rows": sum(device_features.rows_per_file())}
 
 
 class TrainingSliceConfig(dg.Config):
-    """How the training window is cut: the same values as anomaly_detector's run config."""
+    """How the training window is cut and sampled: the same values as anomaly_detector's run config."""
 
     validation_days: int = DetectorConfig.validation_days
     holdout_days: int = DetectorConfig.holdout_days
     validation_share: float = DetectorConfig.validation_share
     holdout_share: float = DetectorConfig.holdout_share
+    # Above this many fitting rows, baselines and detectors see a sample stratified by cohort and day.
+    sample_rows: int = DetectorConfig.sample_rows
+    random_state: int = DetectorConfig.random_state
 
-
-def _fit_rows(features: pd.DataFrame, config: TrainingSliceConfig) -> tuple[pd.DataFrame, dict]:
-    rows = fit_slice(features, DetectorConfig(**config.model_dump()))
-    days = rows["timestamp"].dt.strftime("%Y-%m-%d").unique()
-    return rows, {"fit_days": dg.MetadataValue.json(sorted(days)), "fit_rows": len(rows)}
+    def detector_config(self) -> DetectorConfig:
+        return DetectorConfig(**self.model_dump())
 
 
 @dg.asset(**TRAINING, kinds={"pandas", "parquet"}, code_version=code_version(), ins=TRAINING_WINDOW_IN)
 def cohort_stats(
     config: TrainingSliceConfig,
-    device_features: pd.DataFrame,
+    device_features: DeviceChunks,
     telemetry_source: TelemetrySource,
     inventory_source: InventorySource,
 ) -> dg.Output[pd.DataFrame]:
-    """Mean and spread per (cohort, hour of day, metric) over the training window's fitting slice."""
+    """Mean and spread per (cohort, hour of day, metric) over every row of the training window's
+    fitting slice, added up a chunk of devices at a time (exact)."""
     spec = feature_spec(telemetry_source, inventory_source)
-    rows, fit_metadata = _fit_rows(device_features, config)
-    stats = fit_cohort_stats(rows, spec.metrics, spec.cohort_columns)
+    window = window_chunks(device_features)
+    accumulator = CohortStatsAccumulator(spec.metrics, spec.cohort_columns)
+    fit_rows = 0
+    for rows in fit_chunks(window, config.detector_config()):
+        accumulator.add(rows)
+        fit_rows += len(rows)
+    stats = accumulator.result()
     return dg.Output(
         stats,
         metadata={
-            **_window_metadata(device_features),
-            **fit_metadata,
+            **_window_metadata(window, device_features),
+            "fit_rows": fit_rows,
             "dagster/row_count": len(stats),
             "cohorts": int(stats["cohort"].nunique()),
             "preview": markdown_preview(stats),
@@ -79,19 +96,22 @@ def cohort_stats(
 @dg.asset(**TRAINING, kinds={"pandas", "parquet"}, code_version=code_version(), ins=TRAINING_WINDOW_IN)
 def baselines(
     config: TrainingSliceConfig,
-    device_features: pd.DataFrame,
+    device_features: DeviceChunks,
     telemetry_source: TelemetrySource,
     inventory_source: InventorySource,
 ) -> dg.Output[pd.DataFrame]:
-    """Per-cohort p01/p50/p99 of every metric over the training window's fitting slice."""
+    """Per-cohort p01/p50/p99 of every metric over the training window's fitting slice: exact up
+    to ``sample_rows`` fitting rows, above it from the detectors' sample stratified by cohort and
+    day (README "Training at fleet scale" gives the error)."""
     spec = feature_spec(telemetry_source, inventory_source)
-    rows, fit_metadata = _fit_rows(device_features, config)
+    window = window_chunks(device_features)
+    rows = fitting_sample(window, spec.cohort_columns, config.detector_config())
     table = fit_baselines(rows, spec.metrics, spec.cohort_columns)
     return dg.Output(
         table,
         metadata={
-            **_window_metadata(device_features),
-            **fit_metadata,
+            **_window_metadata(window, device_features),
+            "sample_rows": len(rows),
             "dagster/row_count": len(table),
             "preview": markdown_preview(table),
         },
@@ -101,11 +121,10 @@ def baselines(
 DAGSTER_UI_URL = os.environ.get("DAGSTER_UI_URL", "http://127.0.0.1:3000").rstrip("/")
 
 
-def _training_figures(model, device_features, detector_config, label_columns):
-    """Pictures of the held-out slice (the validation slice without one): score distribution,
-    ROC/PR curves, feature contributions."""
-    _, validation, holdout = training_slices(device_features, detector_config)
-    validation = holdout if len(holdout) else validation
+def _training_figures(model, validation, label_columns):
+    """Pictures of the held-out slice (the validation slice without one; at most
+    ``train_window``'s report rows of it): score distribution, ROC/PR curves, feature
+    contributions."""
     scored = model.score(validation)
     label = next((c for c in label_columns if c.startswith("is_")), None)
     labels = validation[label].to_numpy(dtype=bool) if label in validation else None
@@ -126,7 +145,11 @@ class DetectorTrainingConfig(TrainingSliceConfig):
     # Alert events (flagged rows merged when close) per device per day on the validation slice.
     alert_budget: float = DetectorConfig.alert_budget
     event_merge_samples: int = DetectorConfig.event_merge_samples
-    random_state: int = DetectorConfig.random_state
+    # Devices whose validation and held-out rows choose the threshold (a uniform sample above it).
+    evaluation_devices: int = DetectorConfig.evaluation_devices
+
+    def detector_config(self) -> DetectorConfig:
+        return DetectorConfig(**{**self.model_dump(), "members": tuple(self.members)})
 
 
 @dg.asset(
@@ -141,7 +164,7 @@ class DetectorTrainingConfig(TrainingSliceConfig):
 def anomaly_detector(
     context: dg.AssetExecutionContext,
     config: DetectorTrainingConfig,
-    device_features: pd.DataFrame,
+    device_features: DeviceChunks,
     cohort_stats: pd.DataFrame,
     baselines: pd.DataFrame,
     telemetry_source: TelemetrySource,
@@ -150,9 +173,11 @@ def anomaly_detector(
     results_store: ResultsStore,
 ) -> dg.MaterializeResult:
     spec = feature_spec(telemetry_source, inventory_source)
-    detector_config = DetectorConfig(**{**config.model_dump(), "members": tuple(config.members)})
-    model, metrics = train_detector(device_features, cohort_stats, baselines, spec, detector_config)
-    window = _window_metadata(device_features)
+    detector_config = config.detector_config()
+    training = window_chunks(device_features)
+    trained = train_window(training, cohort_stats, baselines, spec, detector_config)
+    model, metrics = trained.model, trained.metrics
+    window = _window_metadata(training, device_features)
     days = window["training_days"].value
     tags = {
         "training_window": f"{days[0]}..{days[-1]}",
@@ -162,7 +187,7 @@ def anomaly_detector(
         "dagster_run_id": context.run.run_id,
         "dagster_partition": context.partition_key,
     }
-    figures, contributions = _training_figures(model, device_features, detector_config, spec.label_columns)
+    figures, contributions = _training_figures(model, trained.report_rows, spec.label_columns)
     try:
         registered = model_registry.register(
             model,
@@ -171,7 +196,7 @@ def anomaly_detector(
             tags={**tags, "dagster_run_url": f"{DAGSTER_UI_URL}/runs/{context.run.run_id}"},
             tables={"cohort_stats": cohort_stats, "baselines": baselines, "feature_contributions": contributions},
             run_name=f"anomaly_detector {context.partition_key}",
-            example_rows=device_features,  # the package's input example: one device's latest window
+            example_rows=trained.report_rows,  # the package's input example: one device's latest window
             figures=figures,
         )
     finally:
@@ -183,6 +208,9 @@ def anomaly_detector(
     return dg.MaterializeResult(
         metadata={
             **window,
+            "fit_rows": int(metrics["fit_rows"]),
+            "sample_rows": int(metrics["sample_rows"]),
+            "evaluated_devices": int(metrics["evaluated_devices"]),
             "model_name": registered.name,
             "model_version": registered.version,
             "mlflow_run_id": registered.run_id,

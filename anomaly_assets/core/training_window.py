@@ -1,0 +1,155 @@
+"""The training window, read a chunk of whole devices at a time, and what training takes from it
+in bounded memory.
+
+- **Slices** (``slice_masks``): fit, then validation, then held out, each strictly later than
+  the one before, per device. With more calendar days than ``validation_days + holdout_days``,
+  the last ``holdout_days`` days are held back and the ``validation_days`` before them choose the
+  threshold; a shorter history is cut per device by shares of its own time range. Both rules
+  need only the window's days and each device's own rows, so a chunk of whole devices is sliced
+  as the whole window would be.
+- **The fitting sample** (``SamplePlan``): the fitting slice's rows, or above ``sample_rows`` a
+  sample stratified by (cohort, day). Each stratum keeps its proportional share of the budget,
+  and at least an equal share (capped at its size), so a small cohort is not drowned by a large
+  one; each row is kept by a hash of its device and timestamp, so the sample does not depend on
+  how the window was chunked.
+- **The evaluation devices** (``SamplePlan.evaluated``): the devices whose validation and
+  held-out rows choose the threshold and measure quality; every device up to
+  ``evaluation_devices``, above it a uniform sample of devices (by a hash of the device id).
+
+Every function here takes the detector's config (``core.detector.DetectorConfig``) for the
+slice and sample settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from anomaly_assets.core.cohorts import cohort_keys
+
+ChunkReader = Callable[[Sequence[str] | None], Iterable[pd.DataFrame]]
+
+
+@dataclasses.dataclass
+class TrainingWindow:
+    """A training window as chunks of whole devices. ``read(columns)`` yields the chunks (only
+    ``columns`` when given, all of them for None), every device's rows of the whole window in
+    exactly one chunk."""
+
+    read: ChunkReader
+    _days: np.ndarray | None = None
+
+    @classmethod
+    def of_frame(cls, frame: pd.DataFrame) -> TrainingWindow:
+        """A window already in memory: one chunk."""
+        return cls(lambda columns: [frame if columns is None else frame[[c for c in columns if c in frame]]])
+
+    def chunks(self, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
+        """Each non-empty chunk, sorted by device and time."""
+        for chunk in self.read(columns):
+            if len(chunk):
+                yield chunk.sort_values(["device_id", "timestamp"], kind="stable", ignore_index=True)
+
+    @property
+    def days(self) -> np.ndarray:
+        """The calendar days (UTC midnights) the window has rows on, ascending."""
+        if self._days is None:
+            found: set = set()
+            for chunk in self.read(["device_id", "timestamp"]):
+                if len(chunk):
+                    found.update(chunk["timestamp"].dt.floor("D").unique())
+            self._days = np.array(sorted(found))
+        return self._days
+
+
+def slice_masks(chunk: pd.DataFrame, days: np.ndarray, config: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fit, validation, holdout) row masks of a chunk of whole devices; ``days``: the window's."""
+    stamps = chunk["timestamp"]
+    later = config.validation_days + config.holdout_days
+    if config.validation_days >= 1 and len(days) > later:
+        day = stamps.dt.floor("D")
+        in_holdout = (day >= days[-config.holdout_days]).to_numpy() if config.holdout_days else np.zeros(len(chunk), bool)
+        in_validation = (day >= days[-later]).to_numpy() & ~in_holdout
+    else:
+        if not 0 < config.validation_share < 1 - config.holdout_share:
+            raise ValueError("validation_share and holdout_share must leave a share of each device's history to fit on")
+        ticks = stamps.astype("int64").to_numpy().astype(np.float64)
+        devices = chunk["device_id"].to_numpy()
+        first = pd.Series(ticks).groupby(devices).transform("min").to_numpy()
+        last = pd.Series(ticks).groupby(devices).transform("max").to_numpy()
+        position = np.where(last > first, (ticks - first) / np.where(last > first, last - first, 1.0), 0.0)
+        in_holdout = position > 1.0 - config.holdout_share if config.holdout_share > 0 else np.zeros(len(ticks), bool)
+        in_validation = (position > 1.0 - config.holdout_share - config.validation_share) & ~in_holdout
+    return ~(in_validation | in_holdout), in_validation, in_holdout
+
+
+def _unit_hash(frame: pd.DataFrame, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per row, fixed by the row's values and ``seed``."""
+    hashed = pd.util.hash_pandas_object(frame, index=False, hash_key=f"anomaly{seed:09d}"[:16]).to_numpy()
+    return (hashed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _strata(rows: pd.DataFrame, cohort_columns: Sequence[str]) -> pd.Series:
+    return cohort_keys(rows, cohort_columns).astype("str") + "@" + rows["timestamp"].dt.strftime("%Y-%m-%d")
+
+
+@dataclasses.dataclass
+class SamplePlan:
+    """Which fitting rows the detectors, baselines and references are fitted on, and which
+    devices the threshold and quality are measured on (module docstring)."""
+
+    inclusion: pd.Series  # per stratum "cohort@day": the probability a fitting row is kept
+    fit_rows: int  # the fitting slice's rows in the whole window
+    devices: int
+    evaluation_share: float  # the share of devices evaluated (1.0: all)
+    seed: int
+
+    @classmethod
+    def build(cls, window: TrainingWindow, cohort_columns: Sequence[str], config: Any) -> SamplePlan:
+        """One pass over the window's device, time and cohort columns, counting fitting rows."""
+        counts: dict[str, int] = {}
+        devices = 0
+        for chunk in window.chunks(["device_id", "timestamp", *cohort_columns]):
+            devices += chunk["device_id"].nunique()
+            in_fit, _, _ = slice_masks(chunk, window.days, config)
+            for stratum, n in _strata(chunk.loc[in_fit], cohort_columns).value_counts(sort=False).items():
+                counts[stratum] = counts.get(stratum, 0) + int(n)
+        sizes = pd.Series(counts, dtype=np.int64).sort_index()
+        return cls(
+            inclusion=_inclusion(sizes, config.sample_rows),
+            fit_rows=int(sizes.sum()),
+            devices=devices,
+            evaluation_share=min(1.0, config.evaluation_devices / devices) if devices else 1.0,
+            seed=config.random_state,
+        )
+
+    @property
+    def sampled(self) -> bool:
+        return bool((self.inclusion < 1.0).any())
+
+    def take(self, fit_rows: pd.DataFrame, cohort_columns: Sequence[str]) -> pd.DataFrame:
+        """The sample's rows among a chunk's fitting rows (all of them below the budget)."""
+        if not self.sampled or fit_rows.empty:
+            return fit_rows
+        probability = self.inclusion.reindex(_strata(fit_rows, cohort_columns)).fillna(1.0).to_numpy()
+        return fit_rows.loc[_unit_hash(fit_rows[["device_id", "timestamp"]], self.seed) < probability]
+
+    def evaluated(self, devices: pd.Series) -> np.ndarray:
+        """Per row, whether its device is one of the evaluation devices."""
+        if self.evaluation_share >= 1.0:
+            return np.ones(len(devices), dtype=bool)
+        return _unit_hash(devices.to_frame(), self.seed + 1) < self.evaluation_share
+
+
+def _inclusion(sizes: pd.Series, budget: int) -> pd.Series:
+    """Per stratum, the share of its rows kept: its proportional share of ``budget`` rows, and at
+    least an equal share (up to its size); everything when the window is within budget."""
+    total = int(sizes.sum())
+    if total <= budget or not len(sizes):
+        return pd.Series(1.0, index=sizes.index)
+    quota = np.maximum(budget * sizes / total, np.minimum(sizes, budget / (2 * len(sizes))))
+    return (quota / sizes).clip(upper=1.0)
