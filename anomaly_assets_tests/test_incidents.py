@@ -6,7 +6,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from anomaly_assets.core.incidents import IncidentRules, detect_device_incidents, detect_incidents, incident_id
+from anomaly_assets.core.incident_hysteresis import detect_device_incidents
+from anomaly_assets.core.incident_records import incident_id
+from anomaly_assets.core.incident_rules import IncidentRules
+from anomaly_assets.core.incidents import detect_incidents
 from anomaly_assets.defs.alerting.assets import device_incidents
 from anomaly_assets.resources import incident_store
 from anomaly_assets.resources.results_store import incident_state, incidents

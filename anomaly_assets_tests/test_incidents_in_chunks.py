@@ -15,7 +15,8 @@ import pytest
 
 from anomaly_assets.core.generator import FleetConfig
 from anomaly_assets.core.incident_days import IncidentDays
-from anomaly_assets.core.incidents import IncidentRules, detect_incidents
+from anomaly_assets.core.incident_rules import IncidentRules
+from anomaly_assets.core.incidents import detect_incidents
 from anomaly_assets.core.synthetic_scores import BLOCK_DEVICES, synthetic_scored_day, synthetic_scored_days
 from anomaly_assets.defs.alerting.assets import device_incidents
 from anomaly_assets.resources import PartitionedParquetIOManager, ResultsStore, incident_store

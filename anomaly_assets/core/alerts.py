@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from anomaly_assets.core.incidents import SEVERITY_LEVELS, severity_rank
+from anomaly_assets.core.incident_rules import SEVERITY_LEVELS, severity_rank
 
 CHANNEL_TYPES = ("webhook", "slack", "email")
 KINDS = ("device", "cohort")

@@ -21,17 +21,16 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from anomaly_assets.core.incidents import (
-    DayResult,
-    IncidentRules,
+from anomaly_assets.core.incident_cohorts import (
     add_bucket_counts,
-    attach_to_cohorts,
-    incident_frame,
     cohort_bucket_counts,
     cohort_buckets_from_counts,
     cohort_incidents_from_buckets,
-    detect_device_incidents,
 )
+from anomaly_assets.core.incident_hysteresis import detect_device_incidents
+from anomaly_assets.core.incident_records import incident_frame
+from anomaly_assets.core.incident_rules import IncidentRules
+from anomaly_assets.core.incidents import DayResult, day_result, split_states
 
 
 def _plain(states: dict) -> dict:
@@ -53,8 +52,7 @@ class IncidentDays:
         self.days = list(days)
         self.rules = rules
         self.day_ends = {day: pd.Timestamp(day, tz="UTC") + pd.Timedelta(days=1) for day in self.days}
-        self.initial_device_states = {s: v for (kind, s), v in previous_states.items() if kind == "device"}
-        self.initial_cohort_states = {s: v for (kind, s), v in previous_states.items() if kind == "cohort"}
+        self.initial_device_states, self.initial_cohort_states = split_states(previous_states)
         self.seen_devices: set[str] = set()
         self.device_frames: dict[str, list[pd.DataFrame]] = {day: [] for day in self.days}
         self.device_end_states: dict[str, dict[str, dict]] = {day: {} for day in self.days}
@@ -116,12 +114,8 @@ class IncidentDays:
                 devices = incident_frame(devices.to_dict("records"))
             else:
                 devices = detect_device_incidents(_no_rows(), {}, self.rules, day, self.day_ends[day])[0]
-            devices = attach_to_cohorts(devices, cohorts)
-            touched = [frame for frame in (cohorts, devices) if len(frame)]
-            incidents = pd.concat(touched, ignore_index=True) if touched else devices
             device_states = dict(sorted(self.device_end_states[day].items()))
-            states = {("device", k): v for k, v in device_states.items()} | {("cohort", k): v for k, v in cohort_states.items()}
-            out[day] = DayResult(incidents=incidents.reset_index(drop=True), states=states, suppressed_samples=self.suppressed[day])
+            out[day] = day_result(devices, cohorts, device_states, cohort_states, self.suppressed[day])
         return out
 
 

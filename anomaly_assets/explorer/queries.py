@@ -13,7 +13,7 @@ import datetime as dt
 import pandas as pd
 import sqlalchemy as sa
 
-from anomaly_assets.core.incidents import SEVERITY_LEVELS
+from anomaly_assets.core.incident_rules import SEVERITY_LEVELS
 from anomaly_assets.resources.results_store import (
     ResultsStore,
     anomaly_events,

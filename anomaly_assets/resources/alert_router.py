@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from anomaly_assets.core import alerts
 from anomaly_assets.core.alerts import ChannelConfig
-from anomaly_assets.core.incidents import severity_rank
+from anomaly_assets.core.incident_rules import severity_rank
 from anomaly_assets.redaction import redact, redact_webhook, url_secrets
 from anomaly_assets.explorer import links
 from anomaly_assets.resources.incident_store import DeliveryLog

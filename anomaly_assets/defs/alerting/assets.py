@@ -10,7 +10,7 @@ from anomaly_assets.core.audit import run_actor
 from anomaly_assets.version import code_version
 from anomaly_assets.core.alerts import ChannelConfigError
 from anomaly_assets.core.incident_days import IncidentDays
-from anomaly_assets.core.incidents import IncidentRules
+from anomaly_assets.core.incident_rules import IncidentRules
 from anomaly_assets.defs.partitions import daily_partitions, days_in, markdown_preview, partition_check_results, partition_window
 from anomaly_assets.explorer import links
 from anomaly_assets.resources import ResultsStore
