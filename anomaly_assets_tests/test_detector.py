@@ -17,10 +17,10 @@ import pytest
 
 from anomaly_assets.core.baselines import fit_baselines
 from anomaly_assets.core.cohorts import FLEET, cohort_keys, fit_cohort_stats  # noqa: F401  (FLEET is used in a query string)
+from anomaly_assets.core.thresholds import choose_threshold
 from anomaly_assets.core.detector import (
     SCORED_COLUMNS,
     DetectorConfig,
-    choose_threshold,
     fit_slice,
     train_detector,
     training_slices,

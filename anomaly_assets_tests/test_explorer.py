@@ -32,7 +32,9 @@ from anomaly_assets.explorer.app import create_app
 from anomaly_assets.explorer.charts import ANOMALY_TRACE
 from anomaly_assets.resources.results_store import ResultsStore, quarantined_telemetry
 from anomaly_assets_tests.conftest import require_service
-from anomaly_assets_tests.test_browser import CHROMIUM_ARGS, _chromium, _free_port, _stop, _tail
+from anomaly_assets_tests.conftest import free_port
+from anomaly_assets_tests.dagster_processes import stop, tail
+from anomaly_assets_tests.test_browser import CHROMIUM_ARGS, _chromium
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -219,7 +221,7 @@ def test_in_a_browser_from_the_incident_list_to_a_device_plot(home, store, tmp_p
 
     shots = Path(os.environ.get("ANOMALY_ASSETS_SCREENSHOT_DIR") or tmp_path / "screenshots").absolute()
     shots.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "ANOMALY_ASSETS_HOME": str(home), "ANOMALY_ASSETS_EXPLORER_TOKEN": TOKEN,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
@@ -232,7 +234,7 @@ def test_in_a_browser_from_the_incident_list_to_a_device_plot(home, store, tmp_p
     try:
         deadline = time.monotonic() + 60
         while _get(f"{url}/healthz") != 200:
-            assert server.poll() is None and time.monotonic() < deadline, f"explore did not start:\n{_tail(log)}"
+            assert server.poll() is None and time.monotonic() < deadline, f"explore did not start:\n{tail(log)}"
             time.sleep(0.5)
         assert _get(f"{url}/incidents") == 401  # redirected to the login form, which answers 401
         assert _get(f"{url}/incidents", token="wrong") == 401
@@ -295,7 +297,7 @@ def test_in_a_browser_from_the_incident_list_to_a_device_plot(home, store, tmp_p
             finally:
                 browser.close()
     except BaseException:
-        print("--- anomaly-assets explore log ---\n" + _tail(log))
+        print("--- anomaly-assets explore log ---\n" + tail(log))
         raise
     finally:
-        _stop(server, "anomaly-assets explore")
+        stop(server, "anomaly-assets explore")

@@ -39,7 +39,8 @@ from sklearn.ensemble import IsolationForest
 from anomaly_assets.core.backtest_input import EvaluationInputError, prepare_input, read_long
 from anomaly_assets.core.baselines import fit_baselines
 from anomaly_assets.core.cohorts import cohort_keys, fit_cohort_stats
-from anomaly_assets.core.detector import DetectorConfig, choose_threshold, fit_slice, train_detector
+from anomaly_assets.core.detector import DetectorConfig, fit_slice, train_detector
+from anomaly_assets.core.thresholds import choose_threshold
 from anomaly_assets.core.features import FeatureSpec, build_device_features, sampling_interval, windows_for_interval
 from anomaly_assets.core.metrics import alert_events, classification_metrics, device_days, event_f1
 
