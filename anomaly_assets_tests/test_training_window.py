@@ -31,7 +31,7 @@ def in_chunks(frame: pd.DataFrame, chunks: int) -> TrainingWindow:
     """The window as ``chunks`` chunks of whole devices, as the training assets read it."""
     groups = np.array_split(np.array(sorted(frame["device_id"].unique())), chunks)
     return TrainingWindow(
-        lambda columns: [(frame if columns is None else frame[list(columns)]).loc[frame["device_id"].isin(g)] for g in groups]
+        lambda columns, days: [(frame if columns is None else frame[list(columns)]).loc[frame["device_id"].isin(g)] for g in groups]
     )
 
 

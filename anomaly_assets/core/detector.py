@@ -120,10 +120,13 @@ def fit_slice(features: pd.DataFrame, config: DetectorConfig = DetectorConfig())
     return training_slices(features, config)[0]
 
 
-def fit_chunks(window: TrainingWindow, config: DetectorConfig = DetectorConfig()) -> Iterator[pd.DataFrame]:
-    """Each chunk's fitting rows, sorted by device and time (``cohort_stats`` adds them up)."""
+def fit_chunks(
+    window: TrainingWindow, config: DetectorConfig = DetectorConfig(), columns: Sequence[str] | None = None
+) -> Iterator[pd.DataFrame]:
+    """Each chunk's fitting rows (only ``columns``, which must include the device id and
+    timestamp, when given), sorted by device and time (``cohort_stats`` adds them up)."""
     found = False
-    for chunk in window.chunks():
+    for chunk in window.chunks(columns, window.slice_days(config)[0]):
         in_fit, _, _ = slice_masks(chunk, window.days, config)
         found = found or bool(in_fit.any())
         yield chunk.loc[in_fit]
@@ -132,12 +135,16 @@ def fit_chunks(window: TrainingWindow, config: DetectorConfig = DetectorConfig()
 
 
 def fitting_sample(
-    window: TrainingWindow, cohort_columns: Sequence[str], config: DetectorConfig = DetectorConfig(), plan: SamplePlan | None = None
+    window: TrainingWindow,
+    cohort_columns: Sequence[str],
+    config: DetectorConfig = DetectorConfig(),
+    columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """The fitting rows the detectors and baselines are fitted on: all of them up to
-    ``config.sample_rows``, else a sample stratified by cohort and day (``SamplePlan``)."""
-    plan = plan or SamplePlan.build(window, cohort_columns, config)
-    parts = [plan.take(rows, cohort_columns) for rows in fit_chunks(window, config)]
+    """The fitting rows the detectors and baselines are fitted on (only ``columns`` when given):
+    all of them up to ``config.sample_rows``, else a sample stratified by cohort and day
+    (``SamplePlan``)."""
+    plan = SamplePlan.build(window, cohort_columns, config)
+    parts = [plan.take(rows, cohort_columns) for rows in fit_chunks(window, config, columns)]
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
 
 
@@ -220,7 +227,7 @@ def train_window(
 
     # Pass 2: the evaluated devices' validation and held-out rows, scored a chunk at a time.
     validation, holdout = _EvaluationRows(report_rows), _EvaluationRows(report_rows)
-    for chunk in window.chunks():
+    for chunk in window.chunks(None, window.slice_days(config)[1]):
         chunk = chunk.loc[plan.evaluated(chunk["device_id"])]
         _, in_validation, in_holdout = slice_masks(chunk, window.days, config)
         for rows, into in ((chunk.loc[in_validation], validation), (chunk.loc[in_holdout], holdout)):

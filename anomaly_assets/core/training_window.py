@@ -31,39 +31,47 @@ import pandas as pd
 
 from anomaly_assets.core.cohorts import cohort_keys
 
-ChunkReader = Callable[[Sequence[str] | None], Iterable[pd.DataFrame]]
+# read(columns, days): the chunks, with only ``columns`` (None: all) and, where the source can
+# leave them out cheaply, without rows on days other than ``days`` (None: every day).
+ChunkReader = Callable[[Sequence[str] | None, Sequence[pd.Timestamp] | None], Iterable[pd.DataFrame]]
 
 
 @dataclasses.dataclass
 class TrainingWindow:
-    """A training window as chunks of whole devices. ``read(columns)`` yields the chunks (only
-    ``columns`` when given, all of them for None), every device's rows of the whole window in
-    exactly one chunk."""
+    """A training window as chunks of whole devices (``ChunkReader``), every device's rows of
+    the window in exactly one chunk; ``days`` are the calendar days (UTC midnights) it has rows
+    on, ascending (read from the chunks when not given)."""
 
     read: ChunkReader
-    _days: np.ndarray | None = None
+    days: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.days is None:
+            found: set = set()
+            for chunk in self.read(["device_id", "timestamp"], None):
+                if len(chunk):
+                    found.update(chunk["timestamp"].dt.floor("D").unique())
+            self.days = np.array(sorted(found))
 
     @classmethod
     def of_frame(cls, frame: pd.DataFrame) -> TrainingWindow:
         """A window already in memory: one chunk."""
-        return cls(lambda columns: [frame if columns is None else frame[[c for c in columns if c in frame]]])
+        return cls(lambda columns, days: [frame if columns is None else frame[[c for c in columns if c in frame]]])
 
-    def chunks(self, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
-        """Each non-empty chunk, sorted by device and time."""
-        for chunk in self.read(columns):
+    def chunks(self, columns: Sequence[str] | None = None, days: Sequence[pd.Timestamp] | None = None) -> Iterator[pd.DataFrame]:
+        """Each non-empty chunk, sorted by device and time; rows on other days than ``days`` may
+        be left out (the slices are cut by ``slice_masks`` in any case)."""
+        for chunk in self.read(columns, days):
             if len(chunk):
                 yield chunk.sort_values(["device_id", "timestamp"], kind="stable", ignore_index=True)
 
-    @property
-    def days(self) -> np.ndarray:
-        """The calendar days (UTC midnights) the window has rows on, ascending."""
-        if self._days is None:
-            found: set = set()
-            for chunk in self.read(["device_id", "timestamp"]):
-                if len(chunk):
-                    found.update(chunk["timestamp"].dt.floor("D").unique())
-            self._days = np.array(sorted(found))
-        return self._days
+    def slice_days(self, config: Any) -> tuple[list | None, list | None]:
+        """The days that can hold (fitting rows, validation or held-out rows): None where a
+        device's slices are cut by shares of its own history (every day can)."""
+        later = config.validation_days + config.holdout_days
+        if config.validation_days >= 1 and len(self.days) > later:
+            return list(self.days[:-later]), list(self.days[-later:])
+        return None, None
 
 
 def slice_masks(chunk: pd.DataFrame, days: np.ndarray, config: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -113,7 +121,7 @@ class SamplePlan:
         """One pass over the window's device, time and cohort columns, counting fitting rows."""
         counts: dict[str, int] = {}
         devices = 0
-        for chunk in window.chunks(["device_id", "timestamp", *cohort_columns]):
+        for chunk in window.chunks(["device_id", "timestamp", *cohort_columns], window.slice_days(config)[0]):
             devices += chunk["device_id"].nunique()
             in_fit, _, _ = slice_masks(chunk, window.days, config)
             for stratum, n in _strata(chunk.loc[in_fit], cohort_columns).value_counts(sort=False).items():

@@ -88,6 +88,11 @@ class DeviceChunks:
         self.columns = list(columns) if columns is not None else None  # None: every column
         self._boundaries: list | None = None
 
+    def with_boundaries(self, boundaries: list) -> DeviceChunks:
+        """Chunks cut at ``boundaries`` (another reading's of the same or more files), not read again."""
+        self._boundaries = list(boundaries)
+        return self
+
     def with_options(self, devices_per_chunk: int | None = None, columns: Sequence[str] | None = None) -> DeviceChunks:
         """The same files read in other chunks or with only some columns (training reads a
         several-day window in smaller chunks, and some of its passes only a few columns)."""
@@ -104,6 +109,27 @@ class DeviceChunks:
             with path.open("rb") as handle:
                 counts.append(pq.ParquetFile(handle).metadata.num_rows)
         return counts
+
+    def days_per_file(self) -> list[set[pd.Timestamp]]:
+        """The UTC days each file has rows on (in the order of ``paths``): from its row groups'
+        timestamp statistics, reading the column only of a group whose rows span several days."""
+        found = []
+        for path in self.paths:
+            days: set[pd.Timestamp] = set()
+            with path.open("rb") as handle:
+                file = pq.ParquetFile(handle)
+                if "timestamp" in file.schema_arrow.names:
+                    column = file.schema_arrow.get_field_index("timestamp")
+                    for group in range(file.num_row_groups):
+                        stats = file.metadata.row_group(group).column(column).statistics
+                        low, high = (parse_utc(pd.Series([stats.min, stats.max])).dt.floor("D") if stats is not None and stats.has_min_max else (None, None))
+                        if low is not None and low == high:
+                            days.add(low)
+                        elif file.metadata.row_group(group).num_rows:
+                            stamps = parse_utc(file.read_row_group(group, columns=["timestamp"]).column(0).to_pandas())
+                            days.update(stamps.dt.floor("D").dropna().unique())
+            found.append(days)
+        return found
 
     def frame(self) -> pd.DataFrame:
         """Every row at once."""

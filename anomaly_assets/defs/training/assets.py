@@ -9,6 +9,7 @@ import dataclasses
 import os
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from anomaly_assets import audit
@@ -41,7 +42,15 @@ def window_chunks(device_features: DeviceChunks) -> TrainingWindow:
     per_chunk = max(1, device_features.devices_per_chunk // max(len(device_features.paths), 1))
     chunks = device_features.with_options(devices_per_chunk=per_chunk)
     chunks.boundaries()  # read once, shared by every pass
-    return TrainingWindow(lambda columns: chunks.with_options(columns=columns))
+    days_per_file = chunks.days_per_file()
+
+    def read(columns, days):
+        # A pass that needs only some days reads only the partitions holding them.
+        wanted = set(days) if days is not None else None
+        paths = [p for p, held in zip(chunks.paths, days_per_file) if wanted is None or held & wanted]
+        return DeviceChunks(paths, per_chunk, columns).with_boundaries(chunks.boundaries())
+
+    return TrainingWindow(read, np.array(sorted(set().union(*days_per_file))))
 
 
 def _window_metadata(window: TrainingWindow, device_features: DeviceChunks) -> dict:
@@ -77,7 +86,7 @@ def cohort_stats(
     window = window_chunks(device_features)
     accumulator = CohortStatsAccumulator(spec.metrics, spec.cohort_columns)
     fit_rows = 0
-    for rows in fit_chunks(window, config.detector_config()):
+    for rows in fit_chunks(window, config.detector_config(), ["device_id", "timestamp", *spec.cohort_columns, *spec.metrics]):
         accumulator.add(rows)
         fit_rows += len(rows)
     stats = accumulator.result()
@@ -105,7 +114,8 @@ def baselines(
     day (README "Training at fleet scale" gives the error)."""
     spec = feature_spec(telemetry_source, inventory_source)
     window = window_chunks(device_features)
-    rows = fitting_sample(window, spec.cohort_columns, config.detector_config())
+    columns = ["device_id", "timestamp", *spec.cohort_columns, *spec.metrics]
+    rows = fitting_sample(window, spec.cohort_columns, config.detector_config(), columns)
     table = fit_baselines(rows, spec.metrics, spec.cohort_columns)
     return dg.Output(
         table,
