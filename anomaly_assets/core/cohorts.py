@@ -98,16 +98,21 @@ class CohortStatsAccumulator:
         first, last = rows["timestamp"].min(), rows["timestamp"].max()
         self._first = first if self._first is None else min(self._first, first)
         self._last = last if self._last is None else max(self._last, last)
+        cohort, keys = cohort_index(rows, self.cohort_columns)  # names built per cohort, not per row
         frame = pd.DataFrame(
             {
-                "cohort": cohort_keys(rows, self.cohort_columns),
+                "cohort": cohort,
                 "hour": row_hours(rows).astype(np.int64),
-                **{m: rows[m].astype(np.float64) for m in self.metrics},
+                **{m: rows[m].to_numpy(dtype=np.float64, na_value=np.nan) for m in self.metrics},
             }
         )
         grouped = frame.groupby(["cohort", "hour"], sort=True, observed=True)[self.metrics]
         count = grouped.count()
-        chunk = _Moments(count, grouped.mean(), grouped.var(ddof=0) * count)
+        cells = count.index
+        named = pd.MultiIndex.from_arrays(
+            [keys.to_numpy()[cells.get_level_values(0)], cells.get_level_values(1)], names=["cohort", "hour"]
+        )
+        chunk = _Moments(*(part.set_axis(named) for part in (count, grouped.mean(), grouped.var(ddof=0) * count)))
         self._moments = chunk if self._moments is None else self._moments.merge(chunk)
 
     def result(self) -> pd.DataFrame:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anomaly_assets.core.cohorts import cohort_keys
+from anomaly_assets.core.cohorts import cohort_index
 
 # read(columns, days): the chunks, with only ``columns`` (None: all) and, where the source can
 # leave them out cheaply, without rows on days other than ``days`` (None: every day).
@@ -63,7 +63,7 @@ class TrainingWindow:
         be left out (the slices are cut by ``slice_masks`` in any case)."""
         for chunk in self.read(columns, days):
             if len(chunk):
-                yield chunk.sort_values(["device_id", "timestamp"], kind="stable", ignore_index=True)
+                yield _by_device_and_time(chunk)
 
     def slice_days(self, config: Any) -> tuple[list | None, list | None]:
         """The days that can hold (fitting rows, validation or held-out rows): None where a
@@ -72,6 +72,16 @@ class TrainingWindow:
         if config.validation_days >= 1 and len(self.days) > later:
             return list(self.days[:-later]), list(self.days[-later:])
         return None, None
+
+
+def _by_device_and_time(chunk: pd.DataFrame) -> pd.DataFrame:
+    """The rows sorted by device, then time (stable); as they are when already so."""
+    devices, _ = pd.factorize(chunk["device_id"], sort=True)
+    ticks = _naive_utc(chunk["timestamp"]).view(np.int64)
+    order = np.lexsort((ticks, devices))
+    if (order == np.arange(len(order))).all():
+        return chunk.reset_index(drop=True)
+    return chunk.take(order).reset_index(drop=True)
 
 
 def slice_masks(chunk: pd.DataFrame, days: np.ndarray, config: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -101,8 +111,29 @@ def _unit_hash(frame: pd.DataFrame, seed: int) -> np.ndarray:
     return (hashed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def _strata(rows: pd.DataFrame, cohort_columns: Sequence[str]) -> pd.Series:
-    return cohort_keys(rows, cohort_columns).astype("str") + "@" + rows["timestamp"].dt.strftime("%Y-%m-%d")
+def _strata(rows: pd.DataFrame, cohort_columns: Sequence[str]) -> tuple[np.ndarray, pd.Index]:
+    """Each row's stratum, as a position in the names ("cohort@YYYY-MM-DD") of the strata the
+    rows hold: names are built once per stratum, not per row."""
+    cohort, keys = cohort_index(rows, cohort_columns)
+    day = _day_numbers(rows["timestamp"])
+    codes, pairs = pd.factorize(cohort * 1_000_000 + (day - (day.min() if len(day) else 0)))
+    first_day = day.min() if len(day) else 0
+    names = [
+        f"{keys.iloc[pair // 1_000_000]}@{(np.datetime64(int(first_day + pair % 1_000_000), 'D'))}" for pair in pairs
+    ]
+    return codes, pd.Index(names, dtype="str")
+
+
+def _day_numbers(stamps: pd.Series) -> np.ndarray:
+    """Days since 1970-01-01 (UTC) of each timestamp."""
+    return _naive_utc(stamps).astype("datetime64[D]").astype(np.int64)
+
+
+def _naive_utc(stamps: pd.Series) -> np.ndarray:
+    """The timestamps as naive UTC datetime64[ns] values."""
+    if isinstance(stamps.dtype, pd.DatetimeTZDtype):
+        stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
+    return stamps.to_numpy(dtype="datetime64[ns]")
 
 
 @dataclasses.dataclass
@@ -124,7 +155,8 @@ class SamplePlan:
         for chunk in window.chunks(["device_id", "timestamp", *cohort_columns], window.slice_days(config)[0]):
             devices += chunk["device_id"].nunique()
             in_fit, _, _ = slice_masks(chunk, window.days, config)
-            for stratum, n in _strata(chunk.loc[in_fit], cohort_columns).value_counts(sort=False).items():
+            codes, names = _strata(chunk.loc[in_fit], cohort_columns)
+            for stratum, n in zip(names, np.bincount(codes, minlength=len(names)), strict=True):
                 counts[stratum] = counts.get(stratum, 0) + int(n)
         sizes = pd.Series(counts, dtype=np.int64).sort_index()
         return cls(
@@ -143,7 +175,8 @@ class SamplePlan:
         """The sample's rows among a chunk's fitting rows (all of them below the budget)."""
         if not self.sampled or fit_rows.empty:
             return fit_rows
-        probability = self.inclusion.reindex(_strata(fit_rows, cohort_columns)).fillna(1.0).to_numpy()
+        codes, names = _strata(fit_rows, cohort_columns)
+        probability = self.inclusion.reindex(names).fillna(1.0).to_numpy()[codes]
         return fit_rows.loc[_unit_hash(fit_rows[["device_id", "timestamp"]], self.seed) < probability]
 
     def evaluated(self, devices: pd.Series) -> np.ndarray:
