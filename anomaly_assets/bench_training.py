@@ -2,11 +2,11 @@
 bench --training-devices N --training-days D`` reports.
 
 Preparation is not timed: a child process materializes ``telemetry_job`` (raw telemetry,
-validation, features) for the D days of an N-device synthetic fleet into a fresh home, as one
-partition-range run. Then another child process runs ``training_job`` for the window's last day
-(cohort_stats, baselines, anomaly_detector registered in MLflow, model_promotion), in-process so
-its peak resident memory (VmHWM) is the run's: steps in sequence, each reading the window a chunk
-of devices at a time. Per-step seconds come from the run's event log.
+validation, features) for each of the D days of an N-device synthetic fleet into a fresh home,
+one run a day as the daily schedule leaves them. Then another child process runs ``training_job``
+for the window's last day (cohort_stats, baselines, anomaly_detector registered in MLflow,
+model_promotion), in-process so its peak resident memory (VmHWM) is the run's: steps in sequence,
+each reading the window a chunk of devices at a time. Per-step seconds come from the run's event log.
 """
 
 from __future__ import annotations
@@ -49,19 +49,18 @@ def _definitions(home: Path, devices: int, days: int, devices_per_chunk: int):
 
 
 def prepare_features(home: Path, devices: int, days: int, devices_per_chunk: int) -> dict:
-    """telemetry_job over the window's days as one run (not timed)."""
+    """telemetry_job for each of the window's days, as the daily runs leave them (not timed)."""
     import dagster as dg
 
-    from anomaly_assets.demo import QUIET, partition_range_tags
+    from anomaly_assets.demo import QUIET
 
     defs = _definitions(home, devices, days, devices_per_chunk)
-    last = START + dt.timedelta(days=days - 1)
-    result = defs.resolve_job_def("telemetry_job").execute_in_process(
-        instance=dg.DagsterInstance.get(), run_config=QUIET, tags=partition_range_tags(START, last)
-    )
-    if not result.success:
-        raise RuntimeError("telemetry_job failed while preparing the training window")
-    return {"last_day": last.isoformat()}
+    job, instance = defs.resolve_job_def("telemetry_job"), dg.DagsterInstance.get()
+    for offset in range(days):
+        day = (START + dt.timedelta(days=offset)).isoformat()
+        if not job.execute_in_process(instance=instance, run_config=QUIET, partition_key=day).success:
+            raise RuntimeError(f"telemetry_job failed for {day} while preparing the training window")
+    return {"days": days}
 
 
 def run_training(home: Path, devices: int, days: int, devices_per_chunk: int) -> dict:
