@@ -6,10 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -18,6 +16,7 @@ import pandas as pd
 from anomaly_assets.definitions import build_definitions
 from anomaly_assets.settings import Settings
 from anomaly_assets_tests.conftest import require_service
+from anomaly_assets_tests.dagster_processes import tail, two_celery_workers
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -66,38 +65,8 @@ def _celery_home(tmp_path, **env_settings: str):
     yield settings, instance, {**env, "ANOMALY_ASSETS_EXECUTOR": "celery"}
 
 
-@contextlib.contextmanager
-def _two_celery_workers(tmp_path, celery_env: dict[str, str]):
-    """Two Celery workers (worker1@host, worker2@host), one pool process each taking one task at
-    a time; yields their processes and stops them (their whole process groups) after."""
-    workers = [
-        subprocess.Popen(
-            [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", "celery_worker.yaml",
-             "-n", f"worker{i}@%h", "--", "--concurrency=1", "--prefetch-multiplier=1"],
-            cwd=REPO, env=celery_env, stdout=open(tmp_path / f"worker{i}.log", "w"), stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the celery processes it starts stop with it
-        )
-        for i in (1, 2)
-    ]
-    try:
-        time.sleep(8)  # let both workers connect to the broker
-        for worker in workers:
-            assert worker.poll() is None, "a Celery worker exited:\n" + _worker_logs(tmp_path, 3000)
-        yield workers
-    finally:
-        # dagster-celery starts `celery` as a child: signal the whole group, or orphaned workers
-        # would keep consuming the queue.
-        for worker in workers:
-            os.killpg(worker.pid, signal.SIGTERM)
-        for worker in workers:
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-
-
 def _worker_logs(tmp_path, characters: int) -> str:
-    return "\n".join((tmp_path / f"worker{i}.log").read_text()[-characters:] for i in (1, 2))
+    return "\n".join(tail(tmp_path / f"worker{i}.log", characters) for i in (1, 2))
 
 
 def _execute(tmp_path, celery_env: dict[str, str], job: str, partition: str) -> None:
@@ -117,7 +86,7 @@ def _successful_run(instance: dg.DagsterInstance, job: str) -> dg.DagsterRun:
 
 
 def test_steps_of_one_run_execute_on_two_celery_workers(tmp_path, restore_environ):
-    with _celery_home(tmp_path) as (_settings, instance, celery_env), _two_celery_workers(tmp_path, celery_env) as workers:
+    with _celery_home(tmp_path) as (_settings, instance, celery_env), two_celery_workers(tmp_path, celery_env) as workers:
         _execute(tmp_path, celery_env, "training_job", "2026-11-07")
 
     run = _successful_run(instance, "training_job")
@@ -141,7 +110,7 @@ def test_device_ranges_of_one_day_are_scored_on_both_celery_workers(tmp_path, re
         tags = {"dagster/asset_partition_range_start": day, "dagster/asset_partition_range_end": day}
         assert defs.resolve_job_def("telemetry_job").execute_in_process(instance=instance, tags=tags).success
         assert defs.resolve_job_def("training_job").execute_in_process(instance=instance, partition_key="2026-11-07").success
-        with _two_celery_workers(tmp_path, celery_env):
+        with two_celery_workers(tmp_path, celery_env):
             _execute(tmp_path, celery_env, "device_range_scoring_job", day)
 
     run = _successful_run(instance, "device_range_scoring_job")
