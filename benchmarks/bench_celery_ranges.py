@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_asset_memory import DAY, LOOKBACK_DAY, _peak_mb, _settings, measure_step, train_champion, write_source  # noqa: E402
+from bench_asset_memory import DAY, LOOKBACK_DAY, _peak_mb, _settings, measure_step, prepare  # noqa: E402
 
 BROKER = os.environ.get("ANOMALY_ASSETS_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 PREPARATION = [("raw_telemetry", LOOKBACK_DAY), ("validated_telemetry", LOOKBACK_DAY), ("raw_telemetry", DAY),
@@ -63,7 +62,7 @@ def environment(home: Path, devices_per_chunk: int, devices_per_range: int, exec
 
 
 def run_job_in_this_process() -> dict:
-    """(a): the job on the in-process executor, in this process (a child of the coordinating one)."""
+    """(a): the job on the in-process executor, in this process (a child of the benchmark's)."""
     import logging
 
     import dagster as dg
@@ -79,15 +78,18 @@ def run_job_in_this_process() -> dict:
     return {"peak_mb": _peak_mb()}
 
 
-def timed(command: list[str], env: dict[str, str], log: Path) -> float:
-    """Seconds ``command`` took, start to exit; its output goes to ``log``."""
+def timed(command: list[str], env: dict[str, str], log: Path) -> dict:
+    """Seconds ``command`` took, start to exit, and its peak resident memory (its own VmHWM, or a
+    descendant's it waited for, if larger); its output goes to ``log``."""
     started = time.perf_counter()
     with open(log, "w") as out:
-        result = subprocess.run(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _pid, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - started
-    if result.returncode:
+    if process.returncode:
         raise RuntimeError(f"{' '.join(command[:4])} ... failed:\n{log.read_text()[-4000:]}")
-    return seconds
+    return {"seconds": seconds, "peak_mb": usage.ru_maxrss / 1024.0}  # kilobytes on Linux
 
 
 def peak_mb_of_group(leader: int) -> float:
@@ -145,21 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     from anomaly_assets_tests.dagster_processes import two_celery_workers
 
     with tempfile.TemporaryDirectory(prefix="anomaly_celery_ranges_") as tmp:
-        home = Path(tmp) / "home"
         print(f"preparing {args.devices:,} devices' features of {DAY} and a champion (not measured)", file=sys.stderr)
-        write_source(Path(tmp) / "source", args.devices)
-        saved = dict(os.environ)
-        train_champion(home, args.devices_per_chunk)
-        os.environ.clear()
-        os.environ.update(saved)
+        home = prepare(Path(tmp), args.devices, args.devices_per_chunk)
         for asset, day in PREPARATION:
             measure_step(home, args.devices_per_chunk, asset, day)
 
         print("(a) one process", file=sys.stderr)
         env = environment(home, args.devices_per_chunk, args.devices_per_range, "in_process")
-        log = Path(tmp) / "one_process.log"
-        one = {"seconds": timed([sys.executable, __file__, "--in-process"], env, log)}
-        one["peak_mb"] = json.loads(log.read_text().strip().splitlines()[-1])["peak_mb"]
+        one = timed([sys.executable, __file__, "--in-process"], env, Path(tmp) / "one_process.log")
         one_hashes = scored_hashes(home)
 
         print("(b) two Celery workers", file=sys.stderr)
@@ -170,12 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         command = [str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m", "anomaly_assets.definitions",
                    "-j", "device_range_scoring_job", "--tags", json.dumps({"dagster/partition": DAY})]  # fmt: skip
         with two_celery_workers(Path(tmp), env) as workers:
-            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            celery = {"seconds": timed(command, env, Path(tmp) / "celery.log")}
-            after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            run = timed(command, env, Path(tmp) / "celery.log")
+            celery = {"seconds": run["seconds"], "coordinator_peak_mb": run["peak_mb"]}
             celery["worker_peak_mb"] = [peak_mb_of_group(w.pid) for w in workers]
-        # The largest child waited for so far: the run's coordinator, if larger than the preparation's.
-        celery["coordinator_peak_mb"] = after / 1024.0 if after > before else None
         identical = scored_hashes(home) == one_hashes
 
     report = {
@@ -196,9 +188,8 @@ def main(argv: list[str] | None = None) -> int:
               f"in chunks of {args.devices_per_chunk:,}; {os.cpu_count()} cores")  # fmt: skip
         print(f"(a) one process:        {one['seconds']:6.1f} s   peak {one['peak_mb']:,.0f} MB")
         peaks = ", ".join(f"{mb:,.0f}" for mb in celery["worker_peak_mb"])
-        coordinator = celery["coordinator_peak_mb"]
-        print(f"(b) two Celery workers: {celery['seconds']:6.1f} s   peak per worker {peaks} MB"
-              + (f"; run coordinator {coordinator:,.0f} MB" if coordinator else ""))  # fmt: skip
+        print(f"(b) two Celery workers: {celery['seconds']:6.1f} s   peak per worker {peaks} MB; "
+              f"the run's coordinating process {celery['coordinator_peak_mb']:,.0f} MB")  # fmt: skip
         print(f"time (b)/(a): {report['time_ratio']:.2f}x; rows identical by hash: {'yes' if identical else 'NO'}")
     return 0 if identical else 1
 

@@ -162,21 +162,39 @@ def assemble_scored_partition(context: dg.OpExecutionContext, ranges: list[Score
         partition.discard()
     results_store.replace_partitions(anomaly_events, [day], _batches(r.events_file for r in ranges))
     results_store.replace_partitions(device_daily_summary, [day], _concat([r.summary for r in ranges]))
-    metadata = scored_partition_metadata(context, version, ranges, context.resources.model_registry)
+    start, _end = partition_window(context)
+    metadata = scored_partition_metadata(
+        context.resources.model_registry,
+        day,
+        version,
+        rows=sum(r.rows for r in ranges),
+        anomalies=sum(r.anomalies for r in ranges),
+        devices_with_anomalies=sum(r.devices_with_anomalies for r in ranges),
+        hourly=_concat([r.hourly for r in ranges]),
+        worst=[r.worst for r in ranges],
+        scores_training_days=bool(pd.Timestamp(ranges[0].validation_end) >= start),
+        run_id=context.run.run_id,
+    )
     yield dg.AssetMaterialization(SCORED_ANOMALIES, partition=day, metadata=metadata)
     shutil.rmtree(range_staging(context, context.resources.device_range_staging.base_dir).parent, ignore_errors=True)
 
 
 def scored_partition_metadata(
-    context: dg.OpExecutionContext, version: str, ranges: list[ScoredRange], model_registry: MlflowModelRegistry
+    model_registry: MlflowModelRegistry,
+    day: str,
+    version: str,
+    *,
+    rows: int,
+    anomalies: int,
+    devices_with_anomalies: int,
+    hourly: pd.DataFrame,
+    worst: list[pd.DataFrame],
+    scores_training_days: bool,
+    run_id: str,
 ) -> dict:
-    """The metadata the scored_anomalies asset gives a partition, from the ranges' figures; logs
-    the partition's MLflow scoring run."""
-    day = context.partition_key
-    start, _end = partition_window(context)
-    rows = sum(r.rows for r in ranges)
-    anomalies = sum(r.anomalies for r in ranges)
-    hourly = _concat([r.hourly for r in ranges])
+    """The metadata of a scored_anomalies partition from its figures added up over chunks (or
+    ranges); logs the partition's MLflow scoring run. ``hourly``: ``reports.flagged_per_hour``
+    counts; ``worst``: each chunk's ``top_devices``. The asset's describe() computes the same per day."""
     figures = {"anomalies_over_time": reports.anomalies_over_time(hourly)} if len(hourly) else {}
     try:
         mlflow_run = model_registry.log_scoring_run(
@@ -184,11 +202,11 @@ def scored_partition_metadata(
             version,
             metrics={"rows": rows, "anomalies": anomalies, "anomaly_rate": anomalies / max(rows, 1)},
             figures=figures,
-            tags={"dagster_run_id": context.run.run_id},
+            tags={"dagster_run_id": run_id},
         )
     finally:
         reports.close(figures)
-    top = _concat([r.worst for r in ranges])
+    top = _concat(worst)
     if len(top):
         top = readable_top_devices(top.sort_values("max_severity", ascending=False, kind="stable").head(TOP_DEVICES), day)
     explorer = links.explorer_url()
@@ -197,10 +215,10 @@ def scored_partition_metadata(
         "mlflow_run": dg.MetadataValue.url(mlflow_run),
         "anomalies": anomalies,
         "anomaly_rate": round(anomalies / rows, 6) if rows else 0.0,
-        "devices_with_anomalies": sum(r.devices_with_anomalies for r in ranges),
+        "devices_with_anomalies": devices_with_anomalies,
         "model_name": model_registry.model_name,
         "model_version": version,
-        "scores_training_days": bool(pd.Timestamp(ranges[0].validation_end) >= start),
+        "scores_training_days": scores_training_days,
         "top_devices": markdown_preview(top, rows=TOP_DEVICES),
         **({"explorer": dg.MetadataValue.url(links.day_page(explorer, day))} if explorer else {}),
     }
