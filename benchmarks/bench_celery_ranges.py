@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_asset_memory import DAY, LOOKBACK_DAY, _peak_mb, _settings, measure_step, prepare  # noqa: E402
+from bench_asset_memory import DAY, LOOKBACK_DAY, _settings, measure_step, prepare  # noqa: E402
 
 BROKER = os.environ.get("ANOMALY_ASSETS_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 PREPARATION = [("raw_telemetry", LOOKBACK_DAY), ("validated_telemetry", LOOKBACK_DAY), ("raw_telemetry", DAY),
@@ -61,7 +61,7 @@ def environment(home: Path, devices_per_chunk: int, devices_per_range: int, exec
     }
 
 
-def run_job_in_this_process() -> dict:
+def run_job_in_this_process() -> None:
     """(a): the job on the in-process executor, in this process (a child of the benchmark's)."""
     import logging
 
@@ -75,38 +75,57 @@ def run_job_in_this_process() -> dict:
         instance=dg.DagsterInstance.get(), partition_key=DAY, raise_on_error=True
     )
     assert result.success
-    return {"peak_mb": _peak_mb()}
 
 
 def timed(command: list[str], env: dict[str, str], log: Path) -> dict:
-    """Seconds ``command`` took, start to exit, and its peak resident memory (its own VmHWM, or a
-    descendant's it waited for, if larger); its output goes to ``log``."""
+    """Seconds ``command`` took, start to exit, and its peak resident memory: its VmHWM, read
+    until it exits (rusage would not do: a child's maxrss starts at its parent's, this
+    benchmark's); its output goes to ``log``."""
     started = time.perf_counter()
+    peak_mb = 0.0
     with open(log, "w") as out:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _pid, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
+        while process.poll() is None:
+            peak_mb = max(peak_mb, peak_mb_of(process.pid))
+            time.sleep(0.1)
     seconds = time.perf_counter() - started
     if process.returncode:
         raise RuntimeError(f"{' '.join(command[:4])} ... failed:\n{log.read_text()[-4000:]}")
-    return {"seconds": seconds, "peak_mb": usage.ru_maxrss / 1024.0}  # kilobytes on Linux
+    return {"seconds": seconds, "peak_mb": peak_mb}
+
+
+def peak_mb_of(pid: int) -> float:
+    """A live process's VmHWM (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return max((int(line.split()[1]) / 1024.0 for line in status.splitlines() if line.startswith("VmHWM:")), default=0.0)
 
 
 def peak_mb_of_group(leader: int) -> float:
     """The largest VmHWM among the live processes of ``leader``'s process group (a worker's pool
     process: the one that runs the steps)."""
-    peaks = []
+    peaks = [0.0]
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
         try:
-            if os.getpgid(int(entry.name)) != leader:
-                continue
-            status = (entry / "status").read_text()
-        except (OSError, ProcessLookupError):
+            if entry.name.isdigit() and os.getpgid(int(entry.name)) == leader:
+                peaks.append(peak_mb_of(int(entry.name)))
+        except OSError:  # gone meanwhile
             continue
-        peaks += [int(line.split()[1]) / 1024.0 for line in status.splitlines() if line.startswith("VmHWM:")]
-    return max(peaks, default=0.0)
+    return max(peaks)
+
+
+def step_seconds(home: Path) -> dict[str, float]:
+    """Each step's duration in the latest run of the job, as Dagster recorded it."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+    [run] = instance.get_runs(filters=dg.RunsFilter(job_name="device_range_scoring_job"), limit=1)
+    return {
+        record.dagster_event.step_key: record.dagster_event.event_specific_data.duration_ms / 1000.0
+        for record in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)
+    }
 
 
 def scored_hashes(home: Path) -> dict[str, int]:
@@ -141,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.in_process:
-        print(json.dumps(run_job_in_this_process()))
+        run_job_in_this_process()
         return 0
 
     from anomaly_assets_tests.dagster_processes import two_celery_workers
@@ -155,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print("(a) one process", file=sys.stderr)
         env = environment(home, args.devices_per_chunk, args.devices_per_range, "in_process")
         one = timed([sys.executable, __file__, "--in-process"], env, Path(tmp) / "one_process.log")
+        one["step_seconds"] = step_seconds(home)
         one_hashes = scored_hashes(home)
 
         print("(b) two Celery workers", file=sys.stderr)
@@ -168,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             run = timed(command, env, Path(tmp) / "celery.log")
             celery = {"seconds": run["seconds"], "coordinator_peak_mb": run["peak_mb"]}
             celery["worker_peak_mb"] = [peak_mb_of_group(w.pid) for w in workers]
+        celery["step_seconds"] = step_seconds(home)
         identical = scored_hashes(home) == one_hashes
 
     report = {
@@ -190,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         peaks = ", ".join(f"{mb:,.0f}" for mb in celery["worker_peak_mb"])
         print(f"(b) two Celery workers: {celery['seconds']:6.1f} s   peak per worker {peaks} MB; "
               f"the run's coordinating process {celery['coordinator_peak_mb']:,.0f} MB")  # fmt: skip
+        for name, figures in (("(a)", one), ("(b)", celery)):
+            print(f"    steps {name}: " + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in figures["step_seconds"].items()))
         print(f"time (b)/(a): {report['time_ratio']:.2f}x; rows identical by hash: {'yes' if identical else 'NO'}")
     return 0 if identical else 1
 
