@@ -16,6 +16,7 @@ from anomaly_assets.defs.registry import assets as registry_assets
 from anomaly_assets.defs.registry import champion
 from anomaly_assets.defs.retention import jobs as retention
 from anomaly_assets.defs.scoring import assets as scoring_assets
+from anomaly_assets.defs.scoring import device_ranges
 from anomaly_assets.defs.training import assets as training_assets
 from anomaly_assets.resources import build_resources
 from anomaly_assets.settings import Settings
@@ -49,10 +50,11 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             registry_assets.rollback_model_job,
             alerting_assets.alerting_job,
             retention.retention_job,
+            device_ranges.device_range_scoring_job,
         ],
         schedules=[schedules.daily_scoring_schedule, schedules.weekly_retraining_schedule, retention.weekly_retention_schedule],
         sensors=[drift_retraining_sensor, alerting_assets.alerting_automation_sensor, champion.champion_observation_sensor],
-        resources=build_resources(settings),
+        resources={**build_resources(settings), device_ranges.STAGING: device_ranges.staging_io_manager(settings)},
         executor=executor_for(settings),
     )
 

@@ -33,6 +33,9 @@ class Settings:
     # Devices per chunk of the partition path (validated_telemetry, device_features,
     # scored_anomalies, feature_drift): their memory depends on it, not on the fleet's size.
     devices_per_chunk: int = 1_000
+    # Devices per range of device_range_scoring_job: a day's ranges are scored by parallel steps
+    # (Celery workers), each range a whole number of chunks.
+    devices_per_range: int = 5_000
     # Each MLflow request times out after this and is retried once: an unreachable tracking server
     # fails a step or a CLI command in about twice this, not MLflow's default of ~4 minutes.
     mlflow_timeout_seconds: int = 10
@@ -63,6 +66,8 @@ class Settings:
             raise ValueError(f"training_days must be at least 2 (fit + validation), got {self.training_days}")
         if self.devices_per_chunk < 1:
             raise ValueError(f"ANOMALY_ASSETS_DEVICES_PER_CHUNK must be at least 1, got {self.devices_per_chunk}")
+        if self.devices_per_range < 1:
+            raise ValueError(f"ANOMALY_ASSETS_DEVICES_PER_RANGE must be at least 1, got {self.devices_per_range}")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -88,6 +93,7 @@ class Settings:
                 env.get("ANOMALY_ASSETS_DRIFT_SENSOR_INTERVAL_SECONDS", defaults.drift_sensor_interval_seconds)
             ),
             devices_per_chunk=int(env.get("ANOMALY_ASSETS_DEVICES_PER_CHUNK", defaults.devices_per_chunk)),
+            devices_per_range=int(env.get("ANOMALY_ASSETS_DEVICES_PER_RANGE", defaults.devices_per_range)),
             mlflow_timeout_seconds=int(env.get("ANOMALY_ASSETS_MLFLOW_TIMEOUT_SECONDS", defaults.mlflow_timeout_seconds)),
             executor=env.get("ANOMALY_ASSETS_EXECUTOR", defaults.executor),
             source=env.get("ANOMALY_ASSETS_SOURCE", defaults.source) or defaults.source,
@@ -145,6 +151,7 @@ def export_to_environment(settings: Settings) -> None:
             "ANOMALY_ASSETS_FLEET_DEVICES": str(settings.fleet_devices),
             "ANOMALY_ASSETS_FLEET_SEED": str(settings.fleet_seed),
             "ANOMALY_ASSETS_DEVICES_PER_CHUNK": str(settings.devices_per_chunk),
+            "ANOMALY_ASSETS_DEVICES_PER_RANGE": str(settings.devices_per_range),
             "ANOMALY_ASSETS_FLEET_SHIFT_OFFSET_DAYS": (
                 "" if settings.fleet_shift_offset_days is None else str(settings.fleet_shift_offset_days)
             ),

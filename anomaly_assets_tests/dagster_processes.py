@@ -1,5 +1,6 @@
 """A real dagster-webserver (and dagster-daemon) on a project home, for tests that check what the UI
-shows or launches: the processes load ``workspace.yaml`` from this checkout, as ``make dev`` does."""
+shows or launches: the processes load ``workspace.yaml`` from this checkout, as ``make dev`` does.
+And two local Celery workers, for the Celery executor's test and benchmark."""
 
 from __future__ import annotations
 
@@ -115,3 +116,34 @@ def dagster_ui(home: Path, env: dict[str, str], logs: Path, daemon: bool = False
     finally:
         for process, name, _ in reversed(started):
             stop(process, name)
+
+
+@contextlib.contextmanager
+def two_celery_workers(logs: Path, env: dict[str, str]) -> Iterator[list[subprocess.Popen]]:
+    """Two Celery workers for the Celery executor (``worker1@<host>``, ``worker2@<host>``), one pool
+    process each taking one task at a time, logging to ``logs/worker<i>.log``; stopped after, with
+    their whole process groups."""
+    workers = []
+    try:
+        for i in (1, 2):
+            with open(logs / f"worker{i}.log", "w") as out:
+                workers.append(subprocess.Popen(
+                    [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", "celery_worker.yaml",
+                     "-n", f"worker{i}@%h", "--", "--concurrency=1", "--prefetch-multiplier=1"],
+                    cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: the celery processes it starts stop with it
+                ))  # fmt: skip
+        time.sleep(8)  # let both workers connect to the broker
+        for worker in workers:
+            assert worker.poll() is None, "a Celery worker exited:\n" + "\n".join(tail(logs / f"worker{i}.log") for i in (1, 2))
+        yield workers
+    finally:
+        # dagster-celery starts `celery` as a child: signal the whole group, or orphaned workers
+        # would keep consuming the queue.
+        for worker in workers:
+            os.killpg(worker.pid, signal.SIGTERM)
+        for worker in workers:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)

@@ -1,20 +1,22 @@
-"""Integration: a run on the Celery executor (Redis broker) spreads its steps over two workers."""
+"""Integration: a run on the Celery executor (Redis broker) spreads its steps over two workers, and
+device_range_scoring_job scores a day's device ranges on both."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 
 from anomaly_assets.definitions import build_definitions
 from anomaly_assets.settings import Settings
 from anomaly_assets_tests.conftest import require_service
+from anomaly_assets_tests.dagster_processes import tail, two_celery_workers
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -30,7 +32,11 @@ def _redis_available() -> bool:
         return False
 
 
-def test_steps_of_one_run_execute_on_two_celery_workers(tmp_path, restore_environ):
+@contextlib.contextmanager
+def _celery_home(tmp_path, **env_settings: str):
+    """An embedded home for 10 devices with the training week's features built in-process, and the
+    environment of the Celery executor (Redis broker and backend) in os.environ. Yields
+    (settings, instance, environment for the workers and the CLI)."""
     require_service(_redis_available(), f"Redis is not reachable at {BROKER}")
     import redis
 
@@ -47,6 +53,7 @@ def test_steps_of_one_run_execute_on_two_celery_workers(tmp_path, restore_enviro
         "ANOMALY_ASSETS_CELERY_BACKEND": BROKER,
         # dagster-celery starts the `celery` executable by name: it must be on PATH.
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        **env_settings,
     }
     settings.dagster_home.mkdir(parents=True)
     (settings.dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -54,44 +61,35 @@ def test_steps_of_one_run_execute_on_two_celery_workers(tmp_path, restore_enviro
     os.environ.update(env)
     instance = dg.DagsterInstance.from_config(str(settings.dagster_home))
     tags = {"dagster/asset_partition_range_start": "2026-11-01", "dagster/asset_partition_range_end": "2026-11-07"}
-    assert build_definitions(settings).resolve_job_def("telemetry_job").execute_in_process(instance=instance, tags=tags).success
+    assert build_definitions(Settings.from_env()).resolve_job_def("telemetry_job").execute_in_process(instance=instance, tags=tags).success
+    yield settings, instance, {**env, "ANOMALY_ASSETS_EXECUTOR": "celery"}
 
-    celery_env = {**env, "ANOMALY_ASSETS_EXECUTOR": "celery"}
-    workers = [
-        subprocess.Popen(
-            [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", "celery_worker.yaml",
-             "-n", f"worker{i}@%h", "--", "--concurrency=1"],
-            cwd=REPO, env=celery_env, stdout=open(tmp_path / f"worker{i}.log", "w"), stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the celery processes it starts stop with it
-        )
-        for i in (1, 2)
-    ]
-    try:
-        time.sleep(8)  # let both workers connect to the broker
-        for worker in workers:
-            assert worker.poll() is None, "a Celery worker exited:\n" + "\n".join(
-                (tmp_path / f"worker{i}.log").read_text()[-3000:] for i in (1, 2)
-            )
-        result = subprocess.run(
-            [str(BIN / "dagster"), "job", "execute", "-m", "anomaly_assets.definitions", "-j", "training_job",
-             "--tags", json.dumps({"dagster/partition": "2026-11-07"})],
-            cwd=REPO, env=celery_env, capture_output=True, text=True, timeout=300,
-        )
-        logs = "\n".join((tmp_path / f"worker{i}.log").read_text()[-2000:] for i in (1, 2))
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + logs
-    finally:
-        # dagster-celery starts `celery` as a child: signal the whole group, or orphaned workers
-        # would keep consuming the queue.
-        for worker in workers:
-            os.killpg(worker.pid, signal.SIGTERM)
-        for worker in workers:
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
 
-    [run] = instance.get_runs(filters=dg.RunsFilter(job_name="training_job"))
+def _worker_logs(tmp_path, characters: int) -> str:
+    return "\n".join(tail(tmp_path / f"worker{i}.log", characters) for i in (1, 2))
+
+
+def _execute(tmp_path, celery_env: dict[str, str], job: str, partition: str) -> None:
+    """``dagster job execute`` of one partition of ``job`` on the Celery executor."""
+    result = subprocess.run(
+        [str(BIN / "dagster"), "job", "execute", "-m", "anomaly_assets.definitions", "-j", job,
+         "--tags", json.dumps({"dagster/partition": partition})],
+        cwd=REPO, env=celery_env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + _worker_logs(tmp_path, 2000)
+
+
+def _successful_run(instance: dg.DagsterInstance, job: str) -> dg.DagsterRun:
+    [run] = instance.get_runs(filters=dg.RunsFilter(job_name=job))
     assert run.status == dg.DagsterRunStatus.SUCCESS
+    return run
+
+
+def test_steps_of_one_run_execute_on_two_celery_workers(tmp_path, restore_environ):
+    with _celery_home(tmp_path) as (_settings, instance, celery_env), two_celery_workers(tmp_path, celery_env) as workers:
+        _execute(tmp_path, celery_env, "training_job", "2026-11-07")
+
+    run = _successful_run(instance, "training_job")
     step_pids = {
         record.dagster_event.step_key: record.dagster_event.pid
         for record in instance.all_logs(run.run_id)
@@ -101,3 +99,36 @@ def test_steps_of_one_run_execute_on_two_celery_workers(tmp_path, restore_enviro
     worker_pids = {str(w.pid) for w in workers}
     assert len(set(step_pids.values())) >= 2, step_pids  # the steps ran in two worker processes
     assert not {str(p) for p in step_pids.values()} & worker_pids  # in the workers' pool processes
+
+
+def test_device_ranges_of_one_day_are_scored_on_both_celery_workers(tmp_path, restore_environ):
+    day = "2026-11-08"
+    # 10 devices in chunks of 2, ranges of 2 devices: 5 score_device_range steps.
+    ranges = {"ANOMALY_ASSETS_DEVICES_PER_CHUNK": "2", "ANOMALY_ASSETS_DEVICES_PER_RANGE": "2"}
+    with _celery_home(tmp_path, **ranges) as (settings, instance, celery_env):
+        defs = build_definitions(Settings.from_env())
+        tags = {"dagster/asset_partition_range_start": day, "dagster/asset_partition_range_end": day}
+        assert defs.resolve_job_def("telemetry_job").execute_in_process(instance=instance, tags=tags).success
+        assert defs.resolve_job_def("training_job").execute_in_process(instance=instance, partition_key="2026-11-07").success
+        with two_celery_workers(tmp_path, celery_env):
+            _execute(tmp_path, celery_env, "device_range_scoring_job", day)
+
+    run = _successful_run(instance, "device_range_scoring_job")
+    workers = {}
+    for record in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_OUTPUT):
+        event = record.dagster_event
+        if event.step_key.startswith("score_device_range["):
+            metadata = event.step_output_data.metadata
+            workers[event.step_key] = metadata["celery_worker"].value
+            assert metadata["pid"].value == event.pid  # recorded by the step's own process
+    assert len(workers) == 5
+    # Celery's node names, "worker1@<host>...": the ranges were scored on both workers
+    assert {name.split("@")[0] for name in workers.values()} == {"worker1", "worker2"}, workers
+    scored = pd.read_parquet(settings.parquet_dir / "scored_anomalies" / f"{day}.parquet")
+    features = pd.read_parquet(settings.parquet_dir / "device_features" / f"{day}.parquet")
+    assert len(scored) == len(features) > 0 and scored["device_id"].nunique() == 10
+    [materialization] = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("scored_anomalies"), asset_partitions=[day]), limit=1
+    ).records
+    assert materialization.run_id == run.run_id
+    assert not (settings.home / "staging" / "device_ranges" / run.run_id).exists()

@@ -103,6 +103,20 @@ def train_champion(home: Path, devices_per_chunk: int) -> None:
         assert result.success, job
 
 
+def prepare(directory: Path, devices: int, devices_per_chunk: int) -> Path:
+    """The source files under ``directory`` and a champion trained on them; returns the home.
+    This process's environment is left as it was."""
+    home = directory / "home"
+    write_source(directory / "source", devices)
+    saved = dict(os.environ)
+    try:
+        train_champion(home, devices_per_chunk)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return home
+
+
 def _peak_mb() -> float:
     with open("/proc/self/status") as status:
         for line in status:
@@ -163,13 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_whole:
         configurations["whole"] = max(args.devices, 1)
     with tempfile.TemporaryDirectory(prefix="anomaly_asset_memory_") as tmp:
-        home = Path(tmp) / "home"
         print(f"writing the source files and training a champion on {TRAINING_DEVICES} devices x 7 days (not measured)", file=sys.stderr)
-        write_source(Path(tmp) / "source", args.devices)
-        saved = dict(os.environ)
-        train_champion(home, args.devices_per_chunk)
-        os.environ.clear()
-        os.environ.update(saved)
+        home = prepare(Path(tmp), args.devices, args.devices_per_chunk)
         figures: dict[str, list[dict]] = {}
         for name, devices_per_chunk in configurations.items():
             figures[name] = []

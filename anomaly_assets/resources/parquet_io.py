@@ -87,6 +87,7 @@ class DeviceChunks:
         self.devices_per_chunk = devices_per_chunk
         self.columns = list(columns) if columns is not None else None  # None: every column
         self._boundaries: list | None = None
+        self._start = self._end = None  # a device range's ends (see ``ranges``); None: the files' own
 
     def with_boundaries(self, boundaries: list) -> DeviceChunks:
         """Chunks cut at ``boundaries`` (another reading's of the same or more files), not read again."""
@@ -132,8 +133,8 @@ class DeviceChunks:
         return found
 
     def frame(self) -> pd.DataFrame:
-        """Every row at once."""
-        frames = [_read(path, columns=self.columns) for path in self.paths]
+        """Every row at once (of a range: every row of its devices)."""
+        frames = [_read(path, _device_span(self._start, self._end), self.columns) for path in self.paths]
         if not frames:
             return pd.DataFrame()
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
@@ -165,23 +166,33 @@ class DeviceChunks:
         ordered = pc.array_sort_indices(devices)
         return devices.take(ordered)[:: self.devices_per_chunk].to_pylist()
 
+    def ranges(self, chunks_per_range: int) -> list[DeviceChunks]:
+        """The chunks in consecutive groups of ``chunks_per_range``: ranges of devices that hold
+        every row once between them, each read in the same chunks as the whole (so a step per
+        range scores exactly what one step over the whole would)."""
+        bounds = self.boundaries()
+        if len(bounds) <= chunks_per_range:
+            return [self]
+        ranges = []
+        for first in range(0, len(bounds), chunks_per_range):
+            part = DeviceChunks(self.paths, self.devices_per_chunk, self.columns)
+            part._boundaries = bounds[first : first + chunks_per_range]
+            part._start = bounds[first] if first else None  # the first range keeps the rows without a device id
+            part._end = bounds[first + chunks_per_range] if first + chunks_per_range < len(bounds) else None
+            ranges.append(part)
+        return ranges
+
     def __iter__(self) -> Iterator[pd.DataFrame]:
         if not self.paths:
             return
         bounds = self.boundaries()
-        if len(bounds) <= 1:
+        if len(bounds) <= 1 and self._start is None and self._end is None:
             yield self.frame()
             return
-        device = ds.field(DEVICE_COLUMN)
-        for index, low in enumerate(bounds):
-            high = bounds[index + 1] if index + 1 < len(bounds) else None
-            if index == 0:
-                condition = (device < high) | device.is_null()
-            elif high is None:
-                condition = device >= low
-            else:
-                condition = (device >= low) & (device < high)
-            frames = [_read(path, condition, self.columns) for path in self.paths]
+        # Each chunk ends where the next starts; the first starts at the range's start, the last
+        # ends at its end (None: open, and the first chunk has the rows without a device id).
+        for low, high in zip([self._start, *bounds[1:]], [*bounds[1:], self._end], strict=True):
+            frames = [_read(path, _device_span(low, high), self.columns) for path in self.paths]
             yield pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
@@ -303,6 +314,14 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         root = UPath(self.base_path).joinpath(*asset_key.path)
         return root / f"{partition_key}.parquet" if partition_key else root.with_suffix(".parquet")
 
+    def partition_path(self, asset_key: dg.AssetKey, partition_key: str | None) -> UPath:
+        """Where a partition is stored: for a job of ops that reads an asset's partition directly."""
+        return self._path(asset_key, partition_key)
+
+    def put_partition(self, asset_key: dg.AssetKey, partition_key: str | None, file: str) -> None:
+        """A finished local parquet file into the partition's place, as ``handle_output`` puts a spool's."""
+        self._put(self._path(asset_key, partition_key), file)
+
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame | PartitionSpool) -> None:
         if obj is None:
             return
@@ -412,6 +431,14 @@ def _wants_chunks(context: dg.InputContext) -> bool:
         return context.dagster_type.typing_type is DeviceChunks
     except dg.DagsterInvariantViolationError:  # a context built by hand, without the input's type
         return False
+
+
+def _device_span(low, high) -> ds.Expression | None:
+    """The rows of devices ``low <= device_id < high``; no ``low``: with the rows without an id."""
+    device = ds.field(DEVICE_COLUMN)
+    if low is None:
+        return None if high is None else (device < high) | device.is_null()
+    return device >= low if high is None else (device >= low) & (device < high)
 
 
 def _read(path: UPath, condition: ds.Expression | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
