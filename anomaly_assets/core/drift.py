@@ -81,7 +81,10 @@ class CurrentDistribution:
         missing = [f for f in self.reference.features if f not in current]
         if missing:
             raise KeyError(f"current frame lacks drift-monitored features: {missing}")
-        values = current[self.reference.features].to_numpy(dtype=np.float64)
+        self.add_values(current[self.reference.features].to_numpy(dtype=np.float64))
+
+    def add_values(self, values: np.ndarray) -> None:
+        """Rows of the reference's features, in its order, as a float matrix."""
         for j, edges in enumerate(self.reference.edges):
             column = values[:, j][np.isfinite(values[:, j])]
             self.counts[j] += np.bincount(np.searchsorted(edges[1:-1], column, side="left"), minlength=len(edges) - 1)
@@ -90,6 +93,20 @@ class CurrentDistribution:
         # kept in arrival order.
         kept = np.concatenate([self._kept, values])
         priority = np.concatenate([self._priority, self._rng.random(len(values))])
+        if len(kept) > self.keep_rows:
+            chosen = np.sort(np.argpartition(priority, self.keep_rows)[: self.keep_rows])
+            kept, priority = kept[chosen], priority[chosen]
+        self._kept, self._priority = kept, priority
+
+    def merge(self, other: CurrentDistribution) -> None:
+        """Add what ``other`` (another share of the same partition's rows, fed elsewhere) saw:
+        exact bin counts, and the rows with the smallest priorities of both samples, this one's
+        first (merged in the rows' order, the sample is every row's, in order, up to ``keep_rows``)."""
+        for mine, theirs in zip(self.counts, other.counts, strict=True):
+            mine += theirs
+        self.rows += other.rows
+        kept = np.concatenate([self._kept, other._kept])
+        priority = np.concatenate([self._priority, other._priority])
         if len(kept) > self.keep_rows:
             chosen = np.sort(np.argpartition(priority, self.keep_rows)[: self.keep_rows])
             kept, priority = kept[chosen], priority[chosen]

@@ -91,6 +91,16 @@ class FleetAnomalyModel:
         frame = _model_frame(device_features, self.spec, self.cohort_stats, self.baselines)
         return frame[_monitored(self.spec, self.feature_columns)]
 
+    def monitoring_values(self, device_features: pd.DataFrame, cohorts: tuple[np.ndarray, pd.Series] | None = None) -> np.ndarray:
+        """``monitoring_frame``'s values (NaN kept), built as the forest's matrix is, sharing the
+        cohorts scoring computed: scoring and drift of a chunk read its features once."""
+        columns = _monitored(self.spec, self.feature_columns)
+        return self._matrix(device_features, columns, np.full(len(columns), np.nan), cohorts or self.cohorts(device_features))
+
+    @property
+    def monitored_columns(self) -> list[str]:
+        return _monitored(self.spec, self.feature_columns)
+
     def cohorts(self, device_features: pd.DataFrame) -> tuple[np.ndarray, pd.Series]:
         """Each row's cohort (``cohort_index``): computed once, it serves ``model_inputs`` and
         ``score_from``, which otherwise each compute it."""
