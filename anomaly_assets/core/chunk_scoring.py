@@ -45,32 +45,37 @@ def score_chunk(
     drift: bool = True,
     top: int = 10,
     drift_seed: int = 0,
+    keep_below: dict[str, float] | None = None,
 ) -> ScoredChunk:
-    """Score ``features`` (whole devices) and/or measure its drift, per day of ``days``."""
+    """Score ``features`` (whole devices) and/or measure its drift, per day of ``days``.
+    ``keep_below``: each day's bound on the drift sample's priorities (``drift.keep_below`` of the
+    day's rows), so a chunk sends only the sample rows that can matter."""
     out = ScoredChunk({}, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), dict.fromkeys(days, 0), dict.fromkeys(days, 0), {}, {})
     if features.empty:
         return out
     cohorts = model.cohorts(features)
     row_days = day_strings(features["timestamp"])
+    values = None
     if drift:
         if model.drift_reference is None:
             raise ValueError("the model was trained without a drift reference")
         columns = model.monitored_columns
         values = model.monitoring_values(features, cohorts)
         order = [columns.index(f) for f in model.drift_reference.features]
-        if order != list(range(len(columns))):
-            values = values[:, order]
+        reference_values = values if order == list(range(len(columns))) else values[:, order]
         for day in days:
             mask = (row_days == day).to_numpy()
             if mask.any():
-                out.drift[day] = CurrentDistribution(model.drift_reference, seed=drift_seed)
-                out.drift[day].add_values(values if mask.all() else values[mask])
-        del values
+                bound = (keep_below or {}).get(day, 1.0)
+                out.drift[day] = CurrentDistribution(model.drift_reference, seed=drift_seed, keep_below=bound)
+                out.drift[day].add_values(reference_values if mask.all() else reference_values[mask])
+        del reference_values
     if not score:
         return out
     from anomaly_assets import reports  # matplotlib: only where scores are summarized
 
-    inputs = model.model_inputs(features, cohorts)
+    inputs = model.model_inputs(features, cohorts, monitoring=values)  # the forest's matrix from drift's
+    del values
     scored = model.score_from(features, inputs, model.raw_scores(inputs), cohorts)
     scored = scored.assign(model_name=model_name, model_version=model_version, partition_date=row_days.to_numpy())
     events = scored.loc[scored["is_anomaly"]]

@@ -68,9 +68,13 @@ class CurrentDistribution:
     partition up to that size: memory stays bounded for any fleet.
     """
 
-    def __init__(self, reference: DriftReference, keep_rows: int = 200_000, seed: int = 0):
+    def __init__(self, reference: DriftReference, keep_rows: int = 200_000, seed: int = 0, keep_below: float = 1.0):
         self.reference = reference
         self.keep_rows = keep_rows
+        # Rows whose random priority is at least this are never kept: a share of a partition
+        # known to be large keeps only rows that can be among the partition's keep_rows smallest
+        # (see ``keep_below``), instead of up to keep_rows of its own.
+        self.keep_below = keep_below
         self.rows = 0
         self.counts = [np.zeros(len(edges) - 1, dtype=np.int64) for edges in reference.edges]
         self._kept = np.empty((0, len(reference.features)))
@@ -85,14 +89,20 @@ class CurrentDistribution:
 
     def add_values(self, values: np.ndarray) -> None:
         """Rows of the reference's features, in its order, as a float matrix."""
+        by_feature = np.ascontiguousarray(values.T)  # one feature's values side by side
         for j, edges in enumerate(self.reference.edges):
-            column = values[:, j][np.isfinite(values[:, j])]
+            column = by_feature[j][np.isfinite(by_feature[j])]
             self.counts[j] += np.bincount(np.searchsorted(edges[1:-1], column, side="left"), minlength=len(edges) - 1)
+        del by_feature
         self.rows += len(values)
         # A uniform sample without replacement: the rows with the smallest random priorities,
         # kept in arrival order.
+        priority = self._rng.random(len(values))
+        if self.keep_below < 1.0:
+            below = priority < self.keep_below
+            values, priority = values[below], priority[below]
         kept = np.concatenate([self._kept, values])
-        priority = np.concatenate([self._priority, self._rng.random(len(values))])
+        priority = np.concatenate([self._priority, priority])
         if len(kept) > self.keep_rows:
             chosen = np.sort(np.argpartition(priority, self.keep_rows)[: self.keep_rows])
             kept, priority = kept[chosen], priority[chosen]
@@ -130,6 +140,16 @@ class CurrentDistribution:
             rows.append((feature, psi, ks, float(reference.medians[j]), median, psi >= psi_threshold))
         table = pd.DataFrame(rows, columns=list(DRIFT_COLUMNS))
         return table.sort_values("psi", ascending=False, ignore_index=True)
+
+
+def keep_below(partition_rows: int, keep_rows: int = 200_000) -> float:
+    """A priority bound for the shares of a partition of ``partition_rows`` rows: with it, the
+    shares together still keep at least ``keep_rows`` rows (the bound keeps 1.2 times that many
+    plus 100 standard deviations, in expectation), so the merged sample is the same as without it;
+    1.0 (keep every row) when the partition is not larger than the sample."""
+    if partition_rows <= keep_rows:
+        return 1.0
+    return min(1.0, (1.2 * keep_rows + 100 * keep_rows**0.5) / partition_rows)
 
 
 def drift_streak_end(drifted_counts: dict[str, int], min_features: int, consecutive: int) -> str | None:

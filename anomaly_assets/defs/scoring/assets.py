@@ -17,7 +17,7 @@ from anomaly_assets import reports
 
 from anomaly_assets.version import code_version
 from anomaly_assets.core.chunk_scoring import ScoredChunk, score_chunk
-from anomaly_assets.core.drift import CurrentDistribution
+from anomaly_assets.core.drift import CurrentDistribution, keep_below
 from anomaly_assets.core.feature_words import with_words
 from anomaly_assets.defs.monitoring.assets import FEATURE_DRIFT_CHECK, DriftConfig, feature_drift_results_events
 from anomaly_assets.defs.registry.champion import CHAMPION_MODEL
@@ -84,7 +84,10 @@ def score_and_measure_drift(
         if drift and model.drift_reference is None:
             raise dg.Failure(description=f"champion version {version} was trained without a drift reference; retrain it")
         days = days_in(start, end)
+        rows = device_features.rows_per_file()  # one file per day, from the footers
+        bounds = {day: keep_below(count) for day, count in zip(days, rows, strict=True)} if len(rows) == len(days) else {}
         options = {"days": days, "model_name": model_registry.model_name, "model_version": version, "score": scoring, "drift": drift}
+        options["keep_below"] = bounds
         chunks = pool.map(_score_chunk, (model, device_features, options), range(device_features.chunk_count()))
         drift_by_day: dict[str, CurrentDistribution] = {}
         if scoring:
