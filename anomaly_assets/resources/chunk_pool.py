@@ -21,7 +21,7 @@ from typing import Any
 
 WORKERS_ENV = "ANOMALY_ASSETS_CHUNK_WORKERS"
 # Imported by each worker as it starts, before the first chunk arrives.
-WARM_MODULES = ("pandas", "pyarrow.parquet", "anomaly_assets.core.features", "anomaly_assets.core.model")
+WARM_MODULES = ("anomaly_assets.resources.chunk_tasks",)
 
 _shared: dict[str, Any] = {}  # in a worker: what ``map`` shares with every task, by its file
 

@@ -36,20 +36,14 @@ class PartitionSpool:
 
     def split(self, frame: pd.DataFrame) -> Iterator[tuple[str | None, pd.DataFrame]]:
         """``frame``'s rows per partition (by ``day_keys``), partitions without rows left out."""
-        if len(self.keys) == 1:
-            yield self.keys[0], frame
-            return
-        days = day_keys(frame, self.keys)
-        for key in self.keys:
-            part = frame.loc[days == key]
-            if len(part):
-                yield key, part
+        return split_by_partition(frame, self.keys)
 
-    def append_to(self, key: str | None, frame: pd.DataFrame) -> None:
-        """Append rows that all belong to partition ``key``."""
+    def append_to(self, key: str | None, frame: pd.DataFrame | pa.Table) -> None:
+        """Append rows that all belong to partition ``key`` (a frame, or a worker's table of one)."""
         if key not in self.heads:
-            self.heads[key] = frame.head(PREVIEW_ROWS).reset_index(drop=True).copy()
-        table = pa.Table.from_pandas(frame, preserve_index=False)
+            head = frame.slice(0, PREVIEW_ROWS).to_pandas() if isinstance(frame, pa.Table) else frame.head(PREVIEW_ROWS)
+            self.heads[key] = head.reset_index(drop=True).copy()
+        table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
         if self._schema is None:
             self._schema = table.schema
         elif not table.schema.equals(self._schema, check_metadata=False):
@@ -122,6 +116,18 @@ class PartitionSpool:
     def __del__(self) -> None:  # a run that failed before the IO manager took the files
         if getattr(self, "_directory", None) and os.path.isdir(self._directory):
             self.discard()
+
+
+def split_by_partition(frame: pd.DataFrame, keys: Sequence[str | None]) -> Iterator[tuple[str | None, pd.DataFrame]]:
+    """``frame``'s rows per partition of ``keys`` (by ``day_keys``), partitions without rows left out."""
+    if len(keys) == 1:
+        yield keys[0], frame
+        return
+    days = day_keys(frame, keys)
+    for key in keys:
+        part = frame.loc[days == key]
+        if len(part):
+            yield key, part
 
 
 def _writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:

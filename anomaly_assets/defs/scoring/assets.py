@@ -16,7 +16,7 @@ import pandas as pd
 from anomaly_assets import reports
 
 from anomaly_assets.version import code_version
-from anomaly_assets.core.chunk_scoring import ScoredChunk, score_chunk
+from anomaly_assets.core.chunk_scoring import ScoredChunk
 from anomaly_assets.core.drift import CurrentDistribution, keep_below
 from anomaly_assets.core.feature_words import with_words
 from anomaly_assets.defs.monitoring.assets import FEATURE_DRIFT_CHECK, DriftConfig, feature_drift_results_events
@@ -31,6 +31,7 @@ from anomaly_assets.defs.partitions import (
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
 from anomaly_assets.explorer import links
 from anomaly_assets.resources.chunk_pool import ChunkPool
+from anomaly_assets.resources.chunk_tasks import score_chunk_task
 from anomaly_assets.resources.parquet_io import DeviceChunks, PartitionSpool
 from anomaly_assets.resources.results_store import anomaly_events, device_daily_summary
 
@@ -87,8 +88,8 @@ def score_and_measure_drift(
         rows = device_features.rows_per_file()  # one file per day, from the footers
         bounds = {day: keep_below(count) for day, count in zip(days, rows, strict=True)} if len(rows) == len(days) else {}
         options = {"days": days, "model_name": model_registry.model_name, "model_version": version, "score": scoring, "drift": drift}
-        options["keep_below"] = bounds
-        chunks = pool.map(_score_chunk, (model, device_features, options), range(device_features.chunk_count()))
+        options.update(keep_below=bounds, top=TOP_DEVICES)
+        chunks = pool.map(score_chunk_task, (model, device_features, options), range(device_features.chunk_count()))
         drift_by_day: dict[str, CurrentDistribution] = {}
         if scoring:
             yield from _scored_anomalies(context, chunks, days, model, version, model_registry, results_store, drift_by_day)
@@ -102,12 +103,6 @@ def score_and_measure_drift(
         for day, distribution in drift_by_day.items():
             current[day] = distribution
         yield from feature_drift_results_events(context, current, config.psi_threshold, version, results_store)
-
-
-def _score_chunk(shared: tuple, index: int) -> ScoredChunk:
-    """A worker's task: chunk ``index`` of the features read, scored and measured."""
-    model, device_features, options = shared
-    return score_chunk(model, device_features.read_chunk(index), top=TOP_DEVICES, drift_seed=index, **options)
 
 
 def _merge_drift(by_day: dict[str, CurrentDistribution], chunk: ScoredChunk) -> None:
