@@ -7,7 +7,6 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
-from scipy.stats import ks_2samp
 
 DRIFT_COLUMNS = ("feature", "psi", "ks", "reference_median", "current_median", "drifted")
 
@@ -123,6 +122,8 @@ class CurrentDistribution:
         self._kept, self._priority = kept, priority
 
     def drift(self, psi_threshold: float = 0.2, sample_size: int = 5000, seed: int = 0) -> pd.DataFrame:
+        from scipy.stats import ks_2samp  # seconds to import: not in the workers that only accumulate
+
         reference, values = self.reference, self._kept
         rng = np.random.default_rng(seed)
         take = rng.choice(len(values), size=min(sample_size, len(values)), replace=False)
