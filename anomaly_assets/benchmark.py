@@ -345,22 +345,30 @@ class BenchReport:
     single: dict  # the fast path in one worker: per-stage busy seconds without a second process beside it
     fast: dict  # the fast path with every worker: the end-to-end figure
     reference: dict
-    training: dict
+    scoring_model: dict  # the fast path's model, fitted in core on a small window: setup, not the training figure
     machine: str
+    training: dict | None = None  # training_job through the assets (bench_training), when asked for
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 def run_benchmark(
-    devices: int, chunk_devices: int, reference_devices: int, train_devices: int, workers: int = 2, progress=print
+    devices: int,
+    chunk_devices: int,
+    reference_devices: int,
+    train_devices: int,
+    workers: int = 2,
+    progress=print,
+    training_devices: int = 0,
+    training_days: int = 7,
 ) -> BenchReport:
     with tempfile.TemporaryDirectory(prefix="anomaly_bench_") as tmp:
         workdir = Path(tmp)
         progress(f"generating {devices} devices x 2 days and {train_devices} devices x 7 training days (not timed)")
         prepared = prepare(workdir, devices, chunk_devices, train_devices)
-        progress("training on 7 days")
-        training = _child("train", workdir, {})
+        progress("fitting the fast path's model on 7 days")
+        scoring_model = _child("train", workdir, {})
         chunks = prepared["chunks"]
         progress(f"fast path over {len(chunks)} chunk(s) of {chunk_devices} devices, 1 worker (the per-stage table)")
         single = _child("fast", workdir, {"chunks": chunks, "workers": 1})
@@ -370,8 +378,13 @@ def run_benchmark(
             fast = _child("fast", workdir, {"chunks": chunks, "workers": workers})
         progress(f"naive reference on {min(devices, reference_devices)} devices")
         reference = _child("reference", workdir, {"chunks": chunks, "max_devices": reference_devices})
+        training = None
+        if training_devices:
+            from anomaly_assets.bench_training import measure_training
+
+            training = measure_training(workdir, training_devices, training_days, progress=progress)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    return BenchReport(devices, fast["rows"], single, fast, reference, training, machine)
+    return BenchReport(devices, fast["rows"], single, fast, reference, scoring_model, machine, training)
 
 
 def format_report(report: BenchReport) -> str:
@@ -398,8 +411,11 @@ def format_report(report: BenchReport) -> str:
         f"peak memory, all processes: fast {fast['peak_mb']:,.0f} MB with {fast['workers']} worker(s)"
         + (f" ({single['peak_mb']:,.0f} MB with 1)" if fast is not single else "")
         + f"; naive {reference['peak_mb']:,.0f} MB",
-        f"training on 7 days ({report.training['training_rows']:,} rows): {report.training['training_seconds']:.1f} s",
     ]
+    if report.training:
+        from anomaly_assets.bench_training import format_training
+
+        lines += format_training(report.training)
     return "\n".join(lines)
 
 

@@ -192,6 +192,8 @@ def _bench(args: argparse.Namespace) -> int:
         reference_devices=args.reference_devices,
         train_devices=args.train_devices,
         workers=args.workers,
+        training_devices=args.training_devices,
+        training_days=args.training_days,
         progress=(lambda _m: None) if args.json else lambda m: print(m, file=sys.stderr, flush=True),
     )
     print(json.dumps(report.as_dict(), indent=2) if args.json else format_report(report))
@@ -274,7 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--reference-devices", type=int, default=2_500, help="devices the naive reference runs on (default 2,500)"
     )
-    bench.add_argument("--train-devices", type=int, default=1_000, help="devices in the 7 training days (default 1,000)")
+    bench.add_argument(
+        "--train-devices", type=int, default=1_000, help="devices the fast path's model is fitted on, 7 days (default 1,000)"
+    )
+    bench.add_argument(
+        "--training-devices",
+        type=int,
+        default=1_000,
+        help="devices in the window training_job trains on through the assets (default 1,000; 0 skips)",
+    )
+    bench.add_argument("--training-days", type=int, default=7, help="days in that training window (default 7)")
     bench.add_argument(
         "--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (default: 2, or 1 on one core)"
     )

@@ -77,12 +77,22 @@ def test_cli_bench_reports_one_and_two_worker_runs_as_json(capsys):
     from anomaly_assets.cli import main
 
     args = ["bench", "--devices", "40", "--chunk-devices", "20", "--reference-devices", "20", "--train-devices", "12"]
-    assert main([*args, "--workers", "2", "--json"]) == 0
+    training = ["--training-devices", "15", "--training-days", "3"]
+    assert main([*args, *training, "--workers", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["single"]["workers"] == 1 and report["fast"]["workers"] == 2
     assert report["rows"] == report["single"]["rows"] == report["fast"]["rows"] > 39 * 288
-    assert report["reference"]["rows"] <= 20 * 288 and report["training"]["training_rows"] > 0
+    assert report["reference"]["rows"] <= 20 * 288 and report["scoring_model"]["training_rows"] > 0
     assert all(report["fast"]["seconds"][stage] > 0 for stage in benchmark.STAGES)
+
+    # training_job through the assets: the window's rows, every step of the job, a registered version
+    trained = report["training"]
+    assert (trained["devices"], trained["days"]) == (15, 3)
+    assert 14 * 288 * 3 < trained["rows"] <= 15 * 288 * 3  # 3 days of 15 devices, a few rows lost to dropouts
+    assert set(trained["step_seconds"]) == {"cohort_stats", "baselines", "anomaly_detector", "model_promotion"}
+    assert trained["model_version"] == "1" and trained["peak_mb"] > 0 and trained["wall_seconds"] > 0
+    text = benchmark.format_report(benchmark.BenchReport(**report))
+    assert "training_job through the assets, 15 devices x 3 days" in text and "anomaly_detector" in text
 
 
 def test_rows_of_a_mask_are_the_masked_rows_whether_contiguous_or_not():

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from anomaly_assets.core.ensemble import DeviceNorms, Reconstruction, ScoreFusion, TailCalibration, robust_z_scores
-from anomaly_assets.core.promotion import unseen_rows
+from anomaly_assets.core.promotion import shadow_score, unseen_rows
+from anomaly_assets.core.training_window import in_device_sample
 
 
 def test_device_norms_make_a_steady_offset_normal_for_its_device():
@@ -92,3 +93,45 @@ def test_promotion_compares_on_rows_neither_model_saw():
     newer_champion = {"validation_end": "2026-11-08 23:00:00+00:00"}
     assert not unseen_rows(features, challenger, newer_champion).any()
     assert unseen_rows(features, {}, {}).all()
+
+
+class _ScoreByValue:
+    """A stand-in model: its score is a fixed function of each row's value."""
+
+    def __init__(self, factor: float):
+        self.factor = factor
+
+    def score(self, rows: pd.DataFrame) -> pd.DataFrame:
+        score = rows["value"].to_numpy() * self.factor
+        return rows.assign(score=score, is_anomaly=score > 5.0, severity="low")
+
+
+def test_shadow_scores_in_chunks_equal_the_whole_partition_and_keep_only_what_the_gate_reads():
+    rng = np.random.default_rng(3)
+    devices = [f"dev-{i:03d}" for i in range(40)]
+    frame = pd.DataFrame(
+        {
+            "device_id": np.repeat(devices, 10),
+            "timestamp": np.tile(pd.date_range("2026-11-08", periods=10, freq="5min", tz="UTC"), 40),
+            "value": rng.normal(3, 2, 400),
+            "is_injected_anomaly": rng.random(400) < 0.1,
+        }
+    ).sample(frac=1.0, random_state=1)  # chunks sort their rows by device and time
+    chunks = [frame.loc[frame["device_id"].isin(devices[i : i + 7])] for i in range(0, 40, 7)]
+    everything = lambda chunk: np.ones(len(chunk), bool)  # noqa: E731
+    whole = shadow_score([frame], _ScoreByValue(1.0), _ScoreByValue(2.0), everything, "is_injected_anomaly")
+    chunked = shadow_score(chunks, _ScoreByValue(1.0), _ScoreByValue(2.0), everything, "is_injected_anomaly")
+    pd.testing.assert_frame_equal(chunked.challenger, whole.challenger)
+    pd.testing.assert_frame_equal(chunked.champion, whole.champion)
+    np.testing.assert_array_equal(chunked.labels, whole.labels)
+    assert list(chunked.challenger.columns) == ["device_id", "timestamp", "score", "is_anomaly"]
+    assert (chunked.champion["score"] == 2 * chunked.challenger["score"]).all()
+
+    # A device sample: the same devices whichever chunk they are in, about the share asked for.
+    sampled = shadow_score(
+        chunks, _ScoreByValue(1.0), _ScoreByValue(2.0), lambda c: in_device_sample(c["device_id"], 0.25, seed=0), None
+    )
+    kept = set(sampled.challenger["device_id"])
+    assert kept == set(frame.loc[in_device_sample(frame["device_id"], 0.25, seed=0), "device_id"])
+    assert 3 <= len(kept) <= 17 and sampled.labels is None
+    assert sampled.challenger.groupby("device_id").size().eq(10).all()  # whole devices

@@ -220,8 +220,10 @@ def _materialize_promotion(defs, home, partition_key, config=None):
 
 def test_gate_refuses_a_worse_challenger_and_records_why(home, defs, registry):
     # A challenger that may not flag more than 0.0001x the champion's alerts is refused.
-    decision = _materialize_promotion(defs, home, "2026-11-08", {"max_alert_increase": 0.0001})
+    # Compared on a sample of 7 of the fleet's devices (fixed by their ids), a chunk at a time.
+    decision = _materialize_promotion(defs, home, "2026-11-08", {"max_alert_increase": 0.0001, "evaluation_devices": 7})
     assert decision["decision"] == "refused"
+    assert 0 < decision["evaluated_devices"] < 30 and decision["evaluated_rows"] > 0  # the demo's 30 devices
     assert "fail:" in decision["reasons"]
     assert registry.alias_version("champion") == "1"
     assert registry.alias_version("challenger") == "2"

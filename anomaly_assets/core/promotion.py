@@ -4,6 +4,7 @@ and decide, with reasons, whether the challenger may become champion."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,41 @@ class GateConfig:
     # Without labels: flagged-row share budget and score-distribution stability (PSI).
     max_alert_rate: float = 0.05
     max_score_psi: float = 0.25
+
+
+GATE_COLUMNS = ["device_id", "timestamp", "score", "is_anomaly"]  # what the gate reads of a model's scores
+
+
+@dataclasses.dataclass
+class ShadowScores:
+    """Both models' scores on the same rows, sorted by device and time, with their labels."""
+
+    challenger: pd.DataFrame
+    champion: pd.DataFrame
+    labels: np.ndarray | None
+
+
+def shadow_score(chunks: Iterable[pd.DataFrame], challenger, champion, keep, label_column: str | None) -> ShadowScores:
+    """Score the kept rows (``keep(chunk)``: a row mask) of each chunk of whole devices with both
+    models, a chunk at a time, keeping only the columns the gate reads: memory follows the chunk
+    and the kept rows, not the partition. Chunks come in ascending device order."""
+    challenger_parts, champion_parts, label_parts = [], [], []
+    for chunk in chunks:
+        rows = chunk.loc[keep(chunk)].sort_values(["device_id", "timestamp"], ignore_index=True)
+        if rows.empty:
+            continue
+        challenger_parts.append(challenger.score(rows)[GATE_COLUMNS])
+        champion_parts.append(champion.score(rows)[GATE_COLUMNS])
+        label_parts.append(rows[label_column].to_numpy(dtype=bool) if label_column and label_column in rows else None)
+    if not challenger_parts:
+        empty = pd.DataFrame(columns=GATE_COLUMNS)
+        return ShadowScores(empty, empty.copy(), None)
+    labelled = all(part is not None for part in label_parts)
+    return ShadowScores(
+        pd.concat(challenger_parts, ignore_index=True),
+        pd.concat(champion_parts, ignore_index=True),
+        np.concatenate(label_parts) if labelled else None,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

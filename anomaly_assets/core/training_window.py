@@ -181,9 +181,15 @@ class SamplePlan:
 
     def evaluated(self, devices: pd.Series) -> np.ndarray:
         """Per row, whether its device is one of the evaluation devices."""
-        if self.evaluation_share >= 1.0:
-            return np.ones(len(devices), dtype=bool)
-        return _unit_hash(devices.to_frame(), self.seed + 1) < self.evaluation_share
+        return in_device_sample(devices, self.evaluation_share, self.seed + 1)
+
+
+def in_device_sample(devices: pd.Series, share: float, seed: int) -> np.ndarray:
+    """Per row, whether its device is in a uniform sample of ``share`` of the devices, fixed by a
+    hash of the device id (so every chunk, and every day, agrees on the same devices)."""
+    if share >= 1.0:
+        return np.ones(len(devices), dtype=bool)
+    return _unit_hash(devices.to_frame(), seed) < share
 
 
 def _inclusion(sizes: pd.Series, budget: int) -> pd.Series:

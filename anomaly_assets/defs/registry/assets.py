@@ -8,11 +8,14 @@ import pandas as pd
 from anomaly_assets import audit
 from anomaly_assets.core.audit import run_actor
 from anomaly_assets.version import code_version
-from anomaly_assets.core.promotion import GateConfig, evaluate_gate, unseen_rows
+from anomaly_assets.core.detector import DetectorConfig
+from anomaly_assets.core.promotion import GateConfig, evaluate_gate, shadow_score, unseen_rows
+from anomaly_assets.core.training_window import in_device_sample
 from anomaly_assets.defs.partitions import daily_partitions
 from anomaly_assets.defs.training.assets import anomaly_detector
 from anomaly_assets.defs.registry.champion import champion_observed, recorded_champion
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
+from anomaly_assets.resources.parquet_io import DeviceChunks
 from anomaly_assets.resources.registry_client import CHAMPION, PromotionRefused
 
 
@@ -24,6 +27,8 @@ class PromotionConfig(dg.Config):
     max_alert_rate: float = GateConfig.max_alert_rate
     max_score_psi: float = GateConfig.max_score_psi
     label_column: str = "is_injected_anomaly"
+    # Devices whose unseen rows the two models are compared on (a uniform sample above it).
+    evaluation_devices: int = DetectorConfig.evaluation_devices
 
 
 @dg.asset(
@@ -41,7 +46,7 @@ class PromotionConfig(dg.Config):
 def model_promotion(
     context: dg.AssetExecutionContext,
     config: PromotionConfig,
-    device_features: pd.DataFrame,
+    device_features: DeviceChunks,
     model_registry: MlflowModelRegistry,
     results_store: ResultsStore,
 ) -> dg.MaterializeResult:
@@ -69,9 +74,18 @@ def model_promotion(
     champion_model = model_registry.load_version(champion_version)
     # Compared on rows neither model was fitted on nor chose its threshold on: the challenger's
     # held-out day, when the champion was trained on an earlier window.
-    unseen = unseen_rows(device_features, challenger_model.training_summary, champion_model.training_summary)
-    rows = device_features.loc[unseen].sort_values(["device_id", "timestamp"], ignore_index=True)
-    if rows.empty:
+    # The partition's rows a chunk of devices at a time, of at most evaluation_devices devices
+    # (a sample fixed by the device ids above it): memory follows the chunk, not the fleet.
+    share = min(1.0, config.evaluation_devices / max(_device_count(device_features), 1))
+    shadow = shadow_score(
+        device_features,
+        challenger_model,
+        champion_model,
+        lambda chunk: unseen_rows(chunk, challenger_model.training_summary, champion_model.training_summary)
+        & in_device_sample(chunk["device_id"], share, seed=0),
+        config.label_column,
+    )
+    if shadow.challenger.empty:
         reason = (
             f"no rows of partition {context.partition_key} are unseen by both challenger {challenger_version} and "
             f"champion {champion_version}: materialize a later partition's model_promotion to compare them"
@@ -85,11 +99,8 @@ def model_promotion(
             metadata={"decision": "refused", "reasons": dg.MetadataValue.md(f"- fail: {reason}"),
                       "challenger_version": challenger_version, "champion_version": champion_version, "evaluated_rows": 0}
         )
-    challenger = challenger_model.score(rows)
-    champion = champion_model.score(rows)
-    labels = rows[config.label_column].to_numpy(dtype=bool) if config.label_column in rows else None
-    gate = GateConfig(**config.model_dump(exclude={"label_column"}))
-    decision = evaluate_gate(challenger, champion, labels, gate)
+    gate = GateConfig(**config.model_dump(exclude={"label_column", "evaluation_devices"}))
+    decision = evaluate_gate(shadow.challenger, shadow.champion, shadow.labels, gate)
     model_registry.tag_version(
         challenger_version,
         {
@@ -116,9 +127,14 @@ def model_promotion(
             "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)),
             "comparison": dg.MetadataValue.md(table.to_markdown()),
             "gate_config": dg.MetadataValue.json(dataclasses.asdict(gate)),
-            "evaluated_rows": len(rows),
+            "evaluated_rows": len(shadow.challenger),
+            "evaluated_devices": int(shadow.challenger["device_id"].nunique()),
         }
     )
+
+
+def _device_count(device_features: DeviceChunks) -> int:
+    return sum(chunk["device_id"].nunique() for chunk in device_features.with_options(columns=["device_id"]))
 
 
 class PromoteConfig(dg.Config):

@@ -1,0 +1,156 @@
+"""Training through the Dagster assets, as ``training_job`` runs it: the figure ``anomaly-assets
+bench --training-devices N --training-days D`` reports.
+
+Preparation is not timed: a child process materializes ``telemetry_job`` (raw telemetry,
+validation, features) for each of the D days of an N-device synthetic fleet into a fresh home,
+one run a day as the daily schedule leaves them. Then another child process runs ``training_job``
+for the window's last day (cohort_stats, baselines, anomaly_detector registered in MLflow,
+model_promotion), in-process so its peak resident memory (VmHWM) is the run's: steps in sequence,
+each reading the window a chunk of devices at a time. Per-step seconds come from the run's event log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+START = dt.date(2026, 11, 1)
+TRAINING_STEPS = ("cohort_stats", "baselines", "anomaly_detector", "model_promotion")
+
+
+def _settings(home: Path, devices: int, days: int, devices_per_chunk: int):
+    from anomaly_assets.settings import Settings
+
+    return Settings(
+        home=home, start_date=START, training_days=days, fleet_devices=devices, devices_per_chunk=devices_per_chunk
+    )
+
+
+def _definitions(home: Path, devices: int, days: int, devices_per_chunk: int):
+    """The code location for ``home``: settings exported first, because the partitions definition
+    and the training window mapping read them at import."""
+    import logging
+
+    from anomaly_assets.settings import export_to_environment, prepare_embedded_home
+
+    for noisy in ("mlflow", "alembic", "dagster"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    settings = _settings(home, devices, days, devices_per_chunk)
+    export_to_environment(settings)
+    prepare_embedded_home(settings)
+    from anomaly_assets.definitions import build_definitions
+
+    return build_definitions(settings)
+
+
+def prepare_features(home: Path, devices: int, days: int, devices_per_chunk: int) -> dict:
+    """telemetry_job for each of the window's days, as the daily runs leave them (not timed)."""
+    import dagster as dg
+
+    from anomaly_assets.demo import QUIET
+
+    defs = _definitions(home, devices, days, devices_per_chunk)
+    job, instance = defs.resolve_job_def("telemetry_job"), dg.DagsterInstance.get()
+    for offset in range(days):
+        day = (START + dt.timedelta(days=offset)).isoformat()
+        if not job.execute_in_process(instance=instance, run_config=QUIET, partition_key=day).success:
+            raise RuntimeError(f"telemetry_job failed for {day} while preparing the training window")
+    return {"days": days}
+
+
+def run_training(home: Path, devices: int, days: int, devices_per_chunk: int) -> dict:
+    """training_job for the window's last day, timed, in this process."""
+    import dagster as dg
+
+    from anomaly_assets.demo import QUIET
+
+    defs = _definitions(home, devices, days, devices_per_chunk)
+    last = (START + dt.timedelta(days=days - 1)).isoformat()
+    instance = dg.DagsterInstance.get()
+    started = time.perf_counter()
+    result = defs.resolve_job_def("training_job").execute_in_process(instance=instance, run_config=QUIET, partition_key=last)
+    wall = time.perf_counter() - started
+    if not result.success:
+        raise RuntimeError("training_job failed")
+    return {
+        "devices": devices,
+        "days": days,
+        "rows": _training_rows(result),
+        "wall_seconds": wall,
+        "step_seconds": _step_seconds(instance, result.run_id),
+        "peak_mb": _peak_mb(),
+        "model_version": _model_version(result),
+    }
+
+
+def _training_rows(result) -> int:
+    for event in result.get_asset_materialization_events():
+        if event.asset_key.to_user_string() == "cohort_stats":
+            return int(event.materialization.metadata["training_rows"].value)
+    raise RuntimeError("training_job recorded no cohort_stats materialization")
+
+
+def _model_version(result) -> str:
+    for event in result.get_asset_materialization_events():
+        if event.asset_key.to_user_string() == "anomaly_detector":
+            return str(event.materialization.metadata["model_version"].value)
+    raise RuntimeError("training_job recorded no anomaly_detector materialization")
+
+
+def _step_seconds(instance, run_id: str) -> dict[str, float]:
+    """Each step's wall time, from its start to its success event."""
+    import dagster as dg
+
+    started, seconds = {}, {}
+    for record in instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS}):
+        step = record.step_key
+        if record.dagster_event.event_type == dg.DagsterEventType.STEP_START:
+            started[step] = record.timestamp
+        elif step in started:
+            seconds[step] = round(record.timestamp - started[step], 2)
+    return seconds
+
+
+def _peak_mb() -> float:
+    from anomaly_assets.benchmark import _peak_mb as peak
+
+    return peak()
+
+
+def _child(kind: str, payload: dict) -> dict:
+    command = [sys.executable, "-m", "anomaly_assets.bench_training", kind, json.dumps(payload)]
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
+    if result.returncode:
+        raise RuntimeError(f"training benchmark step {kind} failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measure_training(workdir: Path, devices: int, days: int, devices_per_chunk: int = 1_000, progress=print) -> dict:
+    """Prepare the window (not timed), then train through the assets; both in child processes."""
+    payload = {"home": str(workdir / "training_home"), "devices": devices, "days": days, "devices_per_chunk": devices_per_chunk}
+    progress(f"materializing telemetry_job for {devices:,} devices x {days} days (not timed)")
+    _child("prepare", payload)
+    progress("training_job through the assets")
+    return _child("train", payload)
+
+
+def format_training(training: dict) -> list[str]:
+    rate = training["rows"] / training["wall_seconds"]
+    steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in training["step_seconds"].items())
+    return [
+        f"training_job through the assets, {training['devices']:,} devices x {training['days']} days "
+        f"({training['rows']:,} rows): {training['wall_seconds']:.1f} s, {rate:,.0f} rows/s, peak {training['peak_mb']:,.0f} MB",
+        f"  per step: {steps}",
+    ]
+
+
+if __name__ == "__main__":  # a child step: python -m anomaly_assets.bench_training KIND PAYLOAD
+    kind, payload = sys.argv[1], json.loads(sys.argv[2])
+    arguments = (Path(payload["home"]), payload["devices"], payload["days"], payload["devices_per_chunk"])
+    out = prepare_features(*arguments) if kind == "prepare" else run_training(*arguments)
+    print(json.dumps(out))
