@@ -7,6 +7,7 @@ import dagster as dg
 from anomaly_assets.defs import jobs
 from anomaly_assets.defs.features import assets as feature_assets
 from anomaly_assets.defs import schedules
+from anomaly_assets.defs.executors import executor_for, scoring_executor_for
 from anomaly_assets.defs.alerting import assets as alerting_assets
 from anomaly_assets.defs.ingestion import assets as ingestion_assets
 from anomaly_assets.defs.inventory import assets as inventory_assets
@@ -21,38 +22,26 @@ from anomaly_assets.defs.training import assets as training_assets
 from anomaly_assets.resources import build_resources
 from anomaly_assets.settings import Settings
 
-def executor_for(settings: Settings) -> dg.ExecutorDefinition | None:
-    """None keeps Dagster's default (multiprocess on one machine)."""
-    if settings.executor == "celery":
-        from dagster_celery import celery_executor
-
-        return celery_executor.configured(
-            {"broker": {"env": "ANOMALY_ASSETS_CELERY_BROKER"}, "backend": {"env": "ANOMALY_ASSETS_CELERY_BACKEND"}}
-        )
-    if settings.executor == "in_process":
-        return dg.in_process_executor
-    return None
-
-
 ASSET_MODULES = (ingestion_assets, inventory_assets, feature_assets, training_assets, registry_assets, champion, scoring_assets, monitoring_assets, alerting_assets)
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
+    scoring_job = jobs.scoring_job_for(scoring_executor_for(settings))  # the daily schedule launches this very job
     return dg.Definitions(
         assets=dg.load_assets_from_modules(list(ASSET_MODULES)),
         asset_checks=dg.load_asset_checks_from_modules(list(ASSET_MODULES)),
         jobs=[
             jobs.telemetry_job,
             jobs.training_job,
-            jobs.scoring_job,
+            scoring_job,
             registry_assets.promote_model_job,
             registry_assets.rollback_model_job,
             alerting_assets.alerting_job,
             retention.retention_job,
             device_ranges.device_range_scoring_job,
         ],
-        schedules=[schedules.daily_scoring_schedule, schedules.weekly_retraining_schedule, retention.weekly_retention_schedule],
+        schedules=[schedules.daily_scoring_schedule_for(scoring_job), schedules.weekly_retraining_schedule, retention.weekly_retention_schedule],
         sensors=[drift_retraining_sensor, alerting_assets.alerting_automation_sensor, champion.champion_observation_sensor],
         resources={**build_resources(settings), device_ranges.STAGING: device_ranges.staging_io_manager(settings)},
         executor=executor_for(settings),

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 ENVIRONMENTS = ("embedded", "production")
-EXECUTORS = ("multiprocess", "in_process", "celery")
+EXECUTORS = ("multiprocess", "in_process", "celery")  # or unset: see anomaly_assets/defs/executors.py
 SOURCES = ("synthetic", "sql", "odbc", "files")
 
 
@@ -39,9 +39,10 @@ class Settings:
     # Each MLflow request times out after this and is retried once: an unreachable tracking server
     # fails a step or a CLI command in about twice this, not MLflow's default of ~4 minutes.
     mlflow_timeout_seconds: int = 10
-    # How a run's steps execute: one machine (multiprocess), or Celery workers on a Redis broker
-    # (ANOMALY_ASSETS_CELERY_BROKER) that share ANOMALY_ASSETS_STORAGE_PATH.
-    executor: str = "multiprocess"
+    # How a run's steps execute: one machine (multiprocess, in_process), or Celery workers on a
+    # Redis broker (ANOMALY_ASSETS_CELERY_BROKER) that share ANOMALY_ASSETS_STORAGE_PATH. Unset
+    # (""): the scoring job in one process, the other jobs a process per step.
+    executor: str = ""
     # Telemetry source (ANOMALY_ASSETS_SOURCE). Secrets never live here: the SQL URL / ODBC
     # connection string / inventory URL are read by build_resources through dagster.EnvVar
     # (ANOMALY_ASSETS_SOURCE_URL, ANOMALY_ASSETS_SOURCE_ODBC, ANOMALY_ASSETS_INVENTORY_URL).
@@ -60,7 +61,7 @@ class Settings:
             raise ValueError(f"ANOMALY_ASSETS_ENV must be one of {ENVIRONMENTS}, got {self.environment!r}")
         if self.source not in SOURCES:
             raise ValueError(f"ANOMALY_ASSETS_SOURCE must be one of {SOURCES}, got {self.source!r}")
-        if self.executor not in EXECUTORS:
+        if self.executor and self.executor not in EXECUTORS:
             raise ValueError(f"ANOMALY_ASSETS_EXECUTOR must be one of {EXECUTORS}, got {self.executor!r}")
         if self.training_days < 2:
             raise ValueError(f"training_days must be at least 2 (fit + validation), got {self.training_days}")

@@ -87,7 +87,7 @@ def test_feature_drift_finds_the_firmware_shift_in_the_scored_days(drifting_home
 def test_sensor_stays_quiet_without_drift_then_fires_once_then_cools_down(drifting_home, defs):
     instance = _instance(drifting_home)
     job = defs.resolve_job_def("scoring_job")
-    calm = {"ops": {"feature_drift": {"config": {"psi_threshold": 1e9}}}, **QUIET}
+    calm = {"ops": {"score_and_measure_drift": {"config": {"psi_threshold": 1e9}}}, **QUIET}
     tags = {"dagster/asset_partition_range_start": SCORED_DAYS[0], "dagster/asset_partition_range_end": SCORED_DAYS[-1]}
     assert job.execute_in_process(instance=instance, run_config=calm, tags=tags).success
     quiet = _evaluate_sensor(defs, instance)

@@ -7,7 +7,6 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
-from scipy.stats import ks_2samp
 
 DRIFT_COLUMNS = ("feature", "psi", "ks", "reference_median", "current_median", "drifted")
 
@@ -68,9 +67,13 @@ class CurrentDistribution:
     partition up to that size: memory stays bounded for any fleet.
     """
 
-    def __init__(self, reference: DriftReference, keep_rows: int = 200_000, seed: int = 0):
+    def __init__(self, reference: DriftReference, keep_rows: int = 200_000, seed: int = 0, keep_below: float = 1.0):
         self.reference = reference
         self.keep_rows = keep_rows
+        # Rows whose random priority is at least this are never kept: a share of a partition
+        # known to be large keeps only rows that can be among the partition's keep_rows smallest
+        # (see ``keep_below``), instead of up to keep_rows of its own.
+        self.keep_below = keep_below
         self.rows = 0
         self.counts = [np.zeros(len(edges) - 1, dtype=np.int64) for edges in reference.edges]
         self._kept = np.empty((0, len(reference.features)))
@@ -81,21 +84,46 @@ class CurrentDistribution:
         missing = [f for f in self.reference.features if f not in current]
         if missing:
             raise KeyError(f"current frame lacks drift-monitored features: {missing}")
-        values = current[self.reference.features].to_numpy(dtype=np.float64)
+        self.add_values(current[self.reference.features].to_numpy(dtype=np.float64))
+
+    def add_values(self, values: np.ndarray) -> None:
+        """Rows of the reference's features, in its order, as a float matrix."""
+        by_feature = np.ascontiguousarray(values.T)  # one feature's values side by side
         for j, edges in enumerate(self.reference.edges):
-            column = values[:, j][np.isfinite(values[:, j])]
+            column = by_feature[j][np.isfinite(by_feature[j])]
             self.counts[j] += np.bincount(np.searchsorted(edges[1:-1], column, side="left"), minlength=len(edges) - 1)
+        del by_feature
         self.rows += len(values)
         # A uniform sample without replacement: the rows with the smallest random priorities,
         # kept in arrival order.
+        priority = self._rng.random(len(values))
+        if self.keep_below < 1.0:
+            below = priority < self.keep_below
+            values, priority = values[below], priority[below]
         kept = np.concatenate([self._kept, values])
-        priority = np.concatenate([self._priority, self._rng.random(len(values))])
+        priority = np.concatenate([self._priority, priority])
+        if len(kept) > self.keep_rows:
+            chosen = np.sort(np.argpartition(priority, self.keep_rows)[: self.keep_rows])
+            kept, priority = kept[chosen], priority[chosen]
+        self._kept, self._priority = kept, priority
+
+    def merge(self, other: CurrentDistribution) -> None:
+        """Add what ``other`` (another share of the same partition's rows, fed elsewhere) saw:
+        exact bin counts, and the rows with the smallest priorities of both samples, this one's
+        first (merged in the rows' order, the sample is every row's, in order, up to ``keep_rows``)."""
+        for mine, theirs in zip(self.counts, other.counts, strict=True):
+            mine += theirs
+        self.rows += other.rows
+        kept = np.concatenate([self._kept, other._kept])
+        priority = np.concatenate([self._priority, other._priority])
         if len(kept) > self.keep_rows:
             chosen = np.sort(np.argpartition(priority, self.keep_rows)[: self.keep_rows])
             kept, priority = kept[chosen], priority[chosen]
         self._kept, self._priority = kept, priority
 
     def drift(self, psi_threshold: float = 0.2, sample_size: int = 5000, seed: int = 0) -> pd.DataFrame:
+        from scipy.stats import ks_2samp  # seconds to import: not in the workers that only accumulate
+
         reference, values = self.reference, self._kept
         rng = np.random.default_rng(seed)
         take = rng.choice(len(values), size=min(sample_size, len(values)), replace=False)
@@ -113,6 +141,16 @@ class CurrentDistribution:
             rows.append((feature, psi, ks, float(reference.medians[j]), median, psi >= psi_threshold))
         table = pd.DataFrame(rows, columns=list(DRIFT_COLUMNS))
         return table.sort_values("psi", ascending=False, ignore_index=True)
+
+
+def keep_below(partition_rows: int, keep_rows: int = 200_000) -> float:
+    """A priority bound for the shares of a partition of ``partition_rows`` rows: with it, the
+    shares together still keep at least ``keep_rows`` rows (the bound keeps 1.2 times that many
+    plus 100 standard deviations, in expectation), so the merged sample is the same as without it;
+    1.0 (keep every row) when the partition is not larger than the sample."""
+    if partition_rows <= keep_rows:
+        return 1.0
+    return min(1.0, (1.2 * keep_rows + 100 * keep_rows**0.5) / partition_rows)
 
 
 def drift_streak_end(drifted_counts: dict[str, int], min_features: int, consecutive: int) -> str | None:

@@ -91,6 +91,16 @@ class FleetAnomalyModel:
         frame = _model_frame(device_features, self.spec, self.cohort_stats, self.baselines)
         return frame[_monitored(self.spec, self.feature_columns)]
 
+    def monitoring_values(self, device_features: pd.DataFrame, cohorts: tuple[np.ndarray, pd.Series] | None = None) -> np.ndarray:
+        """``monitoring_frame``'s values (NaN kept), built as the forest's matrix is, sharing the
+        cohorts scoring computed: scoring and drift of a chunk read its features once."""
+        columns = _monitored(self.spec, self.feature_columns)
+        return self._matrix(device_features, columns, np.full(len(columns), np.nan), cohorts or self.cohorts(device_features))
+
+    @property
+    def monitored_columns(self) -> list[str]:
+        return _monitored(self.spec, self.feature_columns)
+
     def cohorts(self, device_features: pd.DataFrame) -> tuple[np.ndarray, pd.Series]:
         """Each row's cohort (``cohort_index``): computed once, it serves ``model_inputs`` and
         ``score_from``, which otherwise each compute it."""
@@ -118,9 +128,21 @@ class FleetAnomalyModel:
             raw[:, j] = raw[:, len(columns) + k] - raw[:, j]
         return np.ascontiguousarray(raw[:, : len(columns)])
 
-    def model_inputs(self, device_features: pd.DataFrame, cohorts: tuple[np.ndarray, pd.Series] | None = None) -> ModelInputs:
+    def model_inputs(
+        self,
+        device_features: pd.DataFrame,
+        cohorts: tuple[np.ndarray, pd.Series] | None = None,
+        monitoring: np.ndarray | None = None,
+    ) -> ModelInputs:
+        """``monitoring``: ``monitoring_values`` of the same rows, when drift has them already; the
+        forest's matrix is then its columns with NaN imputed, not built again."""
         cohorts = cohorts or self.cohorts(device_features)
-        forest = self.model_matrix(device_features, cohorts)
+        if monitoring is not None:
+            index = {column: j for j, column in enumerate(self.monitored_columns)}
+            picked = monitoring[:, [index[c] for c in self.feature_columns]]
+            forest = np.ascontiguousarray(np.where(np.isnan(picked), self.medians[None, :], picked))
+        else:
+            forest = self.model_matrix(device_features, cohorts)
         if self.device_norms is None:
             return ModelInputs(forest, np.zeros((len(forest), 0)))
         rows = self.device_norms.table_rows(device_features["device_id"], *cohorts)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
-from anomaly_assets.defs.partitions import daily_partitions
+from anomaly_assets.defs.executors import scoring_executor_for
+from anomaly_assets.defs.partitions import SETTINGS, daily_partitions
+
+if TYPE_CHECKING:
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 # device_inventory (unpartitioned) is read again by every run, so new devices get their cohort attributes.
 INGESTION_AND_FEATURES = dg.AssetSelection.assets("device_inventory", "raw_telemetry", "validated_telemetry", "device_features")
@@ -21,9 +27,17 @@ training_job = dg.define_asset_job(
     partitions_def=daily_partitions,
     description="Fit cohort stats and baselines, train and register a detector on the window ending with the partition, then run the promotion gate.",
 )
-scoring_job = dg.define_asset_job(
-    "scoring_job",
-    selection=INGESTION_AND_FEATURES | dg.AssetSelection.assets("scored_anomalies", "feature_drift"),
-    partitions_def=daily_partitions,
-    description="Everything from raw telemetry to scored anomalies and feature drift for a day, with the champion model.",
-)
+
+
+def scoring_job_for(executor: dg.ExecutorDefinition | None = None) -> UnresolvedAssetJobDefinition:
+    """The daily scoring job; ``executor`` None leaves it to the code location's executor."""
+    return dg.define_asset_job(
+        "scoring_job",
+        selection=INGESTION_AND_FEATURES | dg.AssetSelection.assets("scored_anomalies", "feature_drift"),
+        partitions_def=daily_partitions,
+        executor_def=executor,
+        description="Everything from raw telemetry to scored anomalies and feature drift for a day, with the champion model.",
+    )
+
+
+scoring_job = scoring_job_for(scoring_executor_for(SETTINGS))

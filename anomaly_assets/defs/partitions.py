@@ -48,15 +48,17 @@ def markdown_preview(frame: pd.DataFrame, rows: int = 5) -> dg.MetadataValue:
     return dg.MetadataValue.md(escaped.to_markdown(index=False))
 
 
-def partition_metadata(context: dg.AssetExecutionContext, by_partition: dict[str, dict]) -> dict:
+def partition_metadata(
+    context: dg.AssetExecutionContext, by_partition: dict[str, dict], asset_key: dg.AssetKey | str | None = None
+) -> dict:
     """Each partition's own metadata (figures accumulated over the chunks that built it): returned
     for the Output of one partition; for a range (a single-run backfill) attached to each
-    partition directly, and nothing is returned."""
+    partition directly, and nothing is returned. A multi-asset names the asset (``asset_key``)."""
     keys = context.partition_keys
     if len(keys) == 1:
         return by_partition[keys[0]]
     for key in keys:
-        context.add_asset_metadata(by_partition[key], partition_key=key)
+        context.add_asset_metadata(by_partition[key], partition_key=key, **({"asset_key": asset_key} if asset_key else {}))
     return {}
 
 

@@ -7,19 +7,31 @@ keeps a cron of its own, because Dagster's builder can only schedule a daily-par
 daily.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
 from anomaly_assets.defs.jobs import scoring_job, training_job
 from anomaly_assets.defs.partitions import SETTINGS, daily_partitions
 
-daily_scoring_schedule = dg.build_schedule_from_partitioned_job(
-    scoring_job,
-    name="daily_scoring_schedule",
-    hour_of_day=SETTINGS.scoring_time.hour,
-    minute_of_hour=SETTINGS.scoring_time.minute,
-    description="Device inventory and raw telemetry through scored anomalies and feature drift for the last "
-    "complete day (yesterday, UTC); its incidents and alerts follow by declarative automation.",
-)
+if TYPE_CHECKING:
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+def daily_scoring_schedule_for(job: UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
+    """The daily run of ``job`` (the code location passes the scoring job it defines)."""
+    return dg.build_schedule_from_partitioned_job(
+        job,
+        name="daily_scoring_schedule",
+        hour_of_day=SETTINGS.scoring_time.hour,
+        minute_of_hour=SETTINGS.scoring_time.minute,
+        description="Device inventory and raw telemetry through scored anomalies and feature drift for the last "
+        "complete day (yesterday, UTC); its incidents and alerts follow by declarative automation.",
+    )
+
+
+daily_scoring_schedule = daily_scoring_schedule_for(scoring_job)
 
 
 def last_complete_day(context: dg.ScheduleEvaluationContext) -> str | None:

@@ -5,7 +5,7 @@ import dagster as dg
 import pandas as pd
 
 from anomaly_assets.version import code_version
-from anomaly_assets.core.features import FeatureSpec, build_daily_features
+from anomaly_assets.core.features import FeatureSpec
 from anomaly_assets.core.inventory import inventory_cohort_columns
 from anomaly_assets.defs.partitions import (
     daily_partitions,
@@ -15,6 +15,8 @@ from anomaly_assets.defs.partitions import (
     previous_day_lookback,
 )
 from anomaly_assets.resources import InventorySource, TelemetrySource
+from anomaly_assets.resources.chunk_pool import ChunkPool
+from anomaly_assets.resources.chunk_tasks import chunk_features
 from anomaly_assets.resources.parquet_io import ALLOW_MISSING_PARTITIONS, DeviceChunks, PartitionSpool
 
 
@@ -49,17 +51,21 @@ def device_features(
     telemetry_source: TelemetrySource,
     inventory_source: InventorySource,
 ) -> dg.Output[PartitionSpool]:
+    chunks = validated_telemetry.chunk_count()
+    pool = ChunkPool() if chunks > 1 else ChunkPool(workers=1)  # its workers start importing now
     start, end = partition_window(context)
     spec = feature_spec(telemetry_source, inventory_source)
     days = list(pd.date_range(start, end, freq="D", inclusive="left"))
     spool = PartitionSpool(context.partition_keys)
     lookback_rows = 0
-    # A chunk of whole devices at a time: each device's lookback rows come with its own.
-    for chunk in validated_telemetry:
-        in_run = (chunk["timestamp"] >= start) if "timestamp" in chunk else pd.Series(False, index=chunk.index)
-        lookback_rows += int((~in_run).sum())
-        if in_run.any():
-            spool.append(build_daily_features(chunk, spec, days))
+    # A chunk of whole devices at a time, spread over the pool's workers: each device's lookback
+    # rows come with its own; this process writes the chunks' features as they arrive, in order.
+    with pool:
+        shared = (validated_telemetry, spec, days, spool.keys, start)
+        for tables, lookback in pool.map(chunk_features, shared, range(chunks)):
+            lookback_rows += lookback
+            for key, table in tables.items():
+                spool.append_to(key, table)
     if not spool.rows:
         spool.discard()
         raise dg.Failure(description=f"validated_telemetry has no rows in [{start}, {end}) to build features from")
@@ -75,3 +81,4 @@ def device_features(
     }
     context.log.info(f"built features for {spool.rows} rows with {lookback_rows} lookback rows")
     return dg.Output(spool, metadata=partition_metadata(context, metadata))
+

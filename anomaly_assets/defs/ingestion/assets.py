@@ -29,9 +29,10 @@ from anomaly_assets.defs.partitions import (
     partition_metadata,
     partition_window,
 )
-from anomaly_assets.core.inventory import contract_knowing, join_inventory
-from anomaly_assets.core.timestamps import parse_utc
+from anomaly_assets.core.inventory import contract_knowing
 from anomaly_assets.resources import InventorySource, ResultsStore, TelemetrySource
+from anomaly_assets.resources.chunk_pool import ChunkPool
+from anomaly_assets.resources.chunk_tasks import validate_chunk
 from anomaly_assets.resources.parquet_io import DeviceChunks, PartitionSpool, group_by_device
 from anomaly_assets.resources.results_store import quarantined_telemetry
 
@@ -167,23 +168,22 @@ def validated_telemetry(
     spool = PartitionSpool(context.partition_keys)
     parts: dict[str, list[ValidationResult]] = {}  # per day, each chunk's result without its valid rows
     broken: dict[str, SchemaError] = {}
-    for chunk in raw_telemetry:
-        for day, day_start, frame in zip(days, day_starts, _split_by_day(chunk, day_starts, start, end), strict=True):
-            if frame.empty:
-                continue
-            try:
-                result = validate_telemetry(frame, contract, day_start, day_start + pd.Timedelta(days=1))
-            except SchemaError as error:
-                broken.setdefault(day, error)
-                continue
-            valid = result.valid
-            if attributes:
-                valid, joined = join_inventory(valid, device_inventory, attributes)
-                not_in_inventory[day] = not_in_inventory.get(day, 0) + int(joined["devices_missing_from_inventory"])
-            spool.append(valid)
-            parts.setdefault(day, []).append(result.without_valid())
-        if broken:  # the schema is the same in every chunk: the first broken one says it all
-            break
+    # Chunks spread over the step's worker pool, their valid rows written here in device order.
+    chunks = raw_telemetry.chunk_count()
+    warm = ("anomaly_assets.resources.chunk_tasks", "anomaly_assets.core.validation")
+    with ChunkPool(warm=warm) if chunks > 1 else ChunkPool(workers=1) as pool:
+        shared = (raw_telemetry, contract, days, day_starts, start, end, attributes, device_inventory)
+        for validated in pool.map(validate_chunk, shared, range(chunks)):
+            for day in validated:
+                if day.error is not None:
+                    broken.setdefault(day.day, day.error)
+                    continue
+                if attributes:
+                    not_in_inventory[day.day] = not_in_inventory.get(day.day, 0) + day.devices_not_in_inventory
+                spool.append_to(day.day, day.valid)
+                parts.setdefault(day.day, []).append(day.result)
+            if broken:  # the schema is the same in every chunk: the first broken one says it all
+                break
     results = {day: _merged_day(day_parts) for day, day_parts in parts.items()}
 
     if broken:
@@ -285,19 +285,6 @@ def _merged_day(parts: list[ValidationResult]) -> ValidationResult:
         unknown_columns=tuple(dict.fromkeys(c for p in parts for c in p.unknown_columns)),
         seconds=sum(p.seconds for p in parts),
     )
-
-
-def _split_by_day(
-    raw: pd.DataFrame, day_starts: pd.DatetimeIndex, start: pd.Timestamp, end: pd.Timestamp
-) -> list[pd.DataFrame]:
-    if len(day_starts) == 1:
-        return [raw]
-    if "timestamp" not in raw:
-        return [raw] + [raw.iloc[0:0]] * (len(day_starts) - 1)  # the schema rules will name the problem
-    timestamps = parse_utc(raw["timestamp"])  # as validation reads them; unreadable: the first day
-    in_window = ((timestamps >= start) & (timestamps < end)).fillna(False)
-    row_day = timestamps.dt.floor("D").where(in_window, day_starts[0])
-    return [raw.loc[row_day == day] for day in day_starts]
 
 
 def _accounting_check(raw: int, valid: int, quarantined: int) -> dg.AssetCheckResult:

@@ -1,6 +1,14 @@
-"""scored_anomalies: the champion model scores a partition's features; flagged rows and a
-per-device daily summary go to the results database, replacing the partition's previous rows."""
+"""scored_anomalies and feature_drift, computed together from one reading of device_features.
 
+scored_anomalies: the champion model scores a partition's features; flagged rows and a
+per-device daily summary go to the results database, replacing the partition's previous rows.
+feature_drift: per-feature drift of the partition against the champion's training reference
+(its config, metadata and check are in anomaly_assets/defs/monitoring/assets.py).
+
+One subsettable multi-asset (op ``score_and_measure_drift``): materialized together, each chunk
+of devices is read once and its model inputs serve both; each asset still materializes alone.
+The chunks are spread over the step's worker pool (anomaly_assets/resources/chunk_pool.py).
+"""
 
 import dagster as dg
 import pandas as pd
@@ -8,8 +16,10 @@ import pandas as pd
 from anomaly_assets import reports
 
 from anomaly_assets.version import code_version
+from anomaly_assets.core.chunk_scoring import ScoredChunk
+from anomaly_assets.core.drift import CurrentDistribution, keep_below
 from anomaly_assets.core.feature_words import with_words
-from anomaly_assets.core.scoring import daily_device_summary, top_devices
+from anomaly_assets.defs.monitoring.assets import FEATURE_DRIFT_CHECK, DriftConfig, feature_drift_results_events
 from anomaly_assets.defs.registry.champion import CHAMPION_MODEL
 from anomaly_assets.defs.partitions import (
     daily_partitions,
@@ -20,31 +30,91 @@ from anomaly_assets.defs.partitions import (
 )
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
 from anomaly_assets.explorer import links
+from anomaly_assets.resources.chunk_pool import ChunkPool
+from anomaly_assets.resources.chunk_tasks import score_chunk_task
 from anomaly_assets.resources.parquet_io import DeviceChunks, PartitionSpool
 from anomaly_assets.resources.results_store import anomaly_events, device_daily_summary
 
 TOP_DEVICES = 10
+OWNERS = ["team:fleet-analytics"]
+SCORED_ANOMALIES = dg.AssetKey("scored_anomalies")
+FEATURE_DRIFT = dg.AssetKey("feature_drift")
 
 
-@dg.asset(
+@dg.multi_asset(
+    name="score_and_measure_drift",
+    specs=[
+        dg.AssetSpec(
+            SCORED_ANOMALIES,
+            group_name="scoring",
+            kinds={"pandas", "parquet", "mlflow"},
+            owners=OWNERS,
+            code_version=code_version(),
+            # the model it scores with: a promotion or rollback marks its partitions stale
+            deps=["device_features", CHAMPION_MODEL],
+            description="Every row scored by the model behind the 'champion' alias, with severity and top features.",
+        ).with_io_manager_key("io_manager"),
+        dg.AssetSpec(
+            FEATURE_DRIFT,
+            group_name="monitoring",
+            kinds={"pandas", "sql"},
+            owners=OWNERS,
+            code_version=code_version(),
+            deps=["device_features", CHAMPION_MODEL],  # measured against the champion's training reference
+            description="Per-feature PSI and KS statistic of the partition against the champion's training reference.",
+        ),
+    ],
+    check_specs=[FEATURE_DRIFT_CHECK],
+    can_subset=True,
     partitions_def=daily_partitions,
-    group_name="scoring",
-    kinds={"pandas", "parquet", "mlflow"},
-    owners=["team:fleet-analytics"],
-    code_version=code_version(),
-    deps=[CHAMPION_MODEL],  # the model it scores with: a promotion or rollback marks its partitions stale
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    description="Every row scored by the model behind the 'champion' alias, with severity and top features.",
+    backfill_policy=dg.BackfillPolicy.single_run(),  # each day of the run still gets its own rows and metadata
 )
-def scored_anomalies(
+def score_and_measure_drift(
     context: dg.AssetExecutionContext,
+    config: DriftConfig,
     device_features: DeviceChunks,
     model_registry: MlflowModelRegistry,
     results_store: ResultsStore,
-) -> dg.Output[PartitionSpool]:
-    start, end = partition_window(context)
-    version, model = model_registry.load_champion()
-    days = days_in(start, end)
+):
+    selected = context.selected_asset_keys
+    scoring, drift = SCORED_ANOMALIES in selected, FEATURE_DRIFT in selected
+    pool = ChunkPool() if device_features.chunk_count() > 1 else ChunkPool(workers=1)  # its workers start importing now
+    try:
+        start, end = partition_window(context)
+        version, model = model_registry.load_champion()
+        if drift and model.drift_reference is None:
+            raise dg.Failure(description=f"champion version {version} was trained without a drift reference; retrain it")
+        days = days_in(start, end)
+        rows = device_features.rows_per_file()  # one file per day, from the footers
+        bounds = {day: keep_below(count) for day, count in zip(days, rows, strict=True)} if len(rows) == len(days) else {}
+        options = {"days": days, "model_name": model_registry.model_name, "model_version": version, "score": scoring, "drift": drift}
+        options.update(keep_below=bounds, top=TOP_DEVICES)
+        chunks = pool.map(score_chunk_task, (model, device_features, options), range(device_features.chunk_count()))
+        drift_by_day: dict[str, CurrentDistribution] = {}
+        if scoring:
+            yield from _scored_anomalies(context, chunks, days, model, version, model_registry, results_store, drift_by_day)
+        else:
+            for chunk in chunks:
+                _merge_drift(drift_by_day, chunk)
+    finally:
+        pool.close()
+    if drift:
+        current = {day: CurrentDistribution(model.drift_reference) for day in context.partition_keys}
+        for day, distribution in drift_by_day.items():
+            current[day] = distribution
+        yield from feature_drift_results_events(context, current, config.psi_threshold, version, results_store)
+
+
+def _merge_drift(by_day: dict[str, CurrentDistribution], chunk: ScoredChunk) -> None:
+    """Chunks arrive in device order: merged so, the drift sample is the serial one's."""
+    for day, distribution in chunk.drift.items():
+        if day in by_day:
+            by_day[day].merge(distribution)
+        else:
+            by_day[day] = distribution
+
+
+def _scored_anomalies(context, chunks, days, model, version, model_registry, results_store, drift_by_day):
     spool = PartitionSpool(context.partition_keys)
     events = PartitionSpool(None)  # the flagged rows, also spooled: ~1% of a fleet's rows can be millions
     summaries, hourly = [], []
@@ -53,26 +123,21 @@ def scored_anomalies(
     worst: dict[str, list[pd.DataFrame]] = {day: [] for day in days}
     # A chunk of whole devices at a time: every row and every flagged row go to spools; only the
     # per-device summary, hourly counts and each chunk's worst devices stay in memory.
-    for chunk in device_features:
-        if chunk.empty:
-            continue
-        scored = model.score(chunk).assign(
-            model_name=model_registry.model_name,
-            model_version=version,
-            partition_date=lambda f: f["timestamp"].dt.strftime("%Y-%m-%d"),
-        )
-        spool.append(scored)
-        chunk_events = scored.loc[scored["is_anomaly"]]
-        events.append(chunk_events)
-        for day, day_events in chunk_events.groupby("partition_date"):
-            # A device lies in one chunk, so per-chunk counts add up and the fleet's worst devices
-            # are among the chunks' own worst.
-            flagged[day] += len(day_events)
-            flagged_devices[day] += day_events["device_id"].nunique()
-            worst[day].append(top_devices(day_events, TOP_DEVICES))
-        summaries.append(daily_device_summary(scored))
-        hourly.append(reports.flagged_per_hour(scored).assign(partition_date=lambda f: f["bucket"].dt.strftime("%Y-%m-%d")))
-        del scored, chunk_events
+    for chunk in chunks:
+        _merge_drift(drift_by_day, chunk)
+        for day, scored in chunk.scored.items():
+            spool.append_to(day, scored)
+        if len(chunk.events):
+            events.append(chunk.events)
+        for day in days:
+            flagged[day] += chunk.flagged.get(day, 0)
+            flagged_devices[day] += chunk.flagged_devices.get(day, 0)
+            if day in chunk.worst:
+                worst[day].append(chunk.worst[day])
+        if len(chunk.summary):
+            summaries.append(chunk.summary)
+            hourly.append(chunk.hourly)
+        del chunk
     summary = _concat(summaries)
     hourly = _concat(hourly)
     try:
@@ -81,6 +146,7 @@ def scored_anomalies(
         events.discard()
     results_store.replace_partitions(device_daily_summary, days, summary)
     training_end = pd.Timestamp(model.training_summary.get("validation_end", "1970-01-01"))
+    start = pd.Timestamp(days[0], tz="UTC")
 
     def describe(day: str) -> dict:
         rows = spool.rows_by_key[day]
@@ -113,7 +179,8 @@ def scored_anomalies(
             **({"explorer": dg.MetadataValue.url(links.day_page(explorer, day))} if explorer else {}),
         }
 
-    return dg.Output(spool, metadata=partition_metadata(context, {day: describe(day) for day in days}))
+    metadata = partition_metadata(context, {day: describe(day) for day in days}, asset_key=SCORED_ANOMALIES)
+    yield dg.Output(spool, output_name="scored_anomalies", metadata=metadata)
 
 
 def readable_top_devices(top: pd.DataFrame, day: str) -> pd.DataFrame:
