@@ -168,7 +168,7 @@ def _score(workdir: Path, devices_per_chunk: int) -> dict:
         run_id = result.run_id
     return {
         "wall_seconds": wall,
-        "step_seconds": _step_seconds(instance, run_id),
+        "step_seconds": step_seconds(instance, run_id),
         "rows": _rows(instance, run_id),
         "executor": os.environ.get("ANOMALY_ASSETS_EXECUTOR") or executor,
         "workers": chunk_workers(),
@@ -176,7 +176,8 @@ def _score(workdir: Path, devices_per_chunk: int) -> dict:
     }
 
 
-def _step_seconds(instance, run_id: str) -> dict[str, float]:
+def step_seconds(instance, run_id: str) -> dict[str, float]:
+    """Each step's seconds, from its start to its success in the run's event log."""
     import dagster as dg
 
     starts, seconds = {}, {}

@@ -67,6 +67,7 @@ def run_training(home: Path, devices: int, days: int, devices_per_chunk: int) ->
     """training_job for the window's last day, timed, in this process."""
     import dagster as dg
 
+    from anomaly_assets.bench_asset_path import step_seconds
     from anomaly_assets.demo import QUIET
 
     defs = _definitions(home, devices, days, devices_per_chunk)
@@ -82,7 +83,7 @@ def run_training(home: Path, devices: int, days: int, devices_per_chunk: int) ->
         "days": days,
         "rows": _training_rows(result),
         "wall_seconds": wall,
-        "step_seconds": _step_seconds(instance, result.run_id),
+        "step_seconds": step_seconds(instance, result.run_id),
         "peak_mb": _peak_mb(),
         "model_version": _model_version(result),
     }
@@ -100,20 +101,6 @@ def _model_version(result) -> str:
         if event.asset_key.to_user_string() == "anomaly_detector":
             return str(event.materialization.metadata["model_version"].value)
     raise RuntimeError("training_job recorded no anomaly_detector materialization")
-
-
-def _step_seconds(instance, run_id: str) -> dict[str, float]:
-    """Each step's wall time, from its start to its success event."""
-    import dagster as dg
-
-    started, seconds = {}, {}
-    for record in instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS}):
-        step = record.step_key
-        if record.dagster_event.event_type == dg.DagsterEventType.STEP_START:
-            started[step] = record.timestamp
-        elif step in started:
-            seconds[step] = round(record.timestamp - started[step], 2)
-    return seconds
 
 
 def _peak_mb() -> float:

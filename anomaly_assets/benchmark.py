@@ -348,6 +348,7 @@ class BenchReport:
     scoring_model: dict  # the fast path's model, fitted in core on a small window: setup, not the training figure
     machine: str
     training: dict | None = None  # training_job through the assets (bench_training), when asked for
+    asset_path: dict | None = None  # scoring_job through the assets for the same day (bench_asset_path)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -362,6 +363,7 @@ def run_benchmark(
     progress=print,
     training_devices: int = 0,
     training_days: int = 7,
+    asset_path: bool = False,
 ) -> BenchReport:
     with tempfile.TemporaryDirectory(prefix="anomaly_bench_") as tmp:
         workdir = Path(tmp)
@@ -378,13 +380,19 @@ def run_benchmark(
             fast = _child("fast", workdir, {"chunks": chunks, "workers": workers})
         progress(f"naive reference on {min(devices, reference_devices)} devices")
         reference = _child("reference", workdir, {"chunks": chunks, "max_devices": reference_devices})
+        assets = None
+        if asset_path:
+            from anomaly_assets.bench_asset_path import measure_asset_path
+
+            progress(f"scoring_job through the assets for {devices} devices (preparation not timed)")
+            assets = measure_asset_path(devices, workdir / "asset_path")
         training = None
         if training_devices:
             from anomaly_assets.bench_training import measure_training
 
             training = measure_training(workdir, training_devices, training_days, progress=progress)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    return BenchReport(devices, fast["rows"], single, fast, reference, scoring_model, machine, training)
+    return BenchReport(devices, fast["rows"], single, fast, reference, scoring_model, machine, training, assets)
 
 
 def format_report(report: BenchReport) -> str:
@@ -412,6 +420,12 @@ def format_report(report: BenchReport) -> str:
         + (f" ({single['peak_mb']:,.0f} MB with 1)" if fast is not single else "")
         + f"; naive {reference['peak_mb']:,.0f} MB",
     ]
+    if report.asset_path:
+        from anomaly_assets.bench_asset_path import format_asset_path
+
+        ratio = report.asset_path["wall_seconds"] / fast["wall_seconds"]
+        lines += format_asset_path(report.asset_path)
+        lines.append(f"the scoring job through the assets takes {ratio:.1f}x the fast path's end-to-end wall time")
     if report.training:
         from anomaly_assets.bench_training import format_training
 

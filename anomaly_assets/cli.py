@@ -194,6 +194,7 @@ def _bench(args: argparse.Namespace) -> int:
         workers=args.workers,
         training_devices=args.training_devices,
         training_days=args.training_days,
+        asset_path=args.asset_path,
         progress=(lambda _m: None) if args.json else lambda m: print(m, file=sys.stderr, flush=True),
     )
     print(json.dumps(report.as_dict(), indent=2) if args.json else format_report(report))
@@ -286,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="devices in the window training_job trains on through the assets (default 1,000; 0 skips)",
     )
     bench.add_argument("--training-days", type=int, default=7, help="days in that training window (default 7)")
+    bench.add_argument(
+        "--asset-path",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run scoring_job through the Dagster assets for the same day, for the ratio (default: yes)",
+    )
     bench.add_argument(
         "--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (default: 2, or 1 on one core)"
     )

@@ -91,8 +91,14 @@ def test_cli_bench_reports_one_and_two_worker_runs_as_json(capsys):
     assert 14 * 288 * 3 < trained["rows"] <= 15 * 288 * 3  # 3 days of 15 devices, a few rows lost to dropouts
     assert set(trained["step_seconds"]) == {"cohort_stats", "baselines", "anomaly_detector", "model_promotion"}
     assert trained["model_version"] == "1" and trained["peak_mb"] > 0 and trained["wall_seconds"] > 0
+    # scoring_job through the assets for the same 40 devices' day, against the fast path's wall time
+    assets = report["asset_path"]
+    assert assets["devices"] == 40 and 39 * 288 < assets["rows"]["scored_anomalies"] <= 40 * 288
+    assert "score_and_measure_drift" in assets["step_seconds"] and assets["wall_seconds"] > 0
+
     text = benchmark.format_report(benchmark.BenchReport(**report))
     assert "training_job through the assets, 15 devices x 3 days" in text and "anomaly_detector" in text
+    assert "scoring_job through the assets: 40 devices" in text and "the fast path's end-to-end wall time" in text
 
 
 def test_rows_of_a_mask_are_the_masked_rows_whether_contiguous_or_not():
