@@ -62,8 +62,10 @@ def test_training_in_chunks_of_one_device_gives_the_same_model(window_frame):
     stats, baselines = fitted_tables(window_frame)
     whole = train_window(TrainingWindow.of_frame(window_frame), stats, baselines, SPEC)
     chunked = train_window(in_chunks(window_frame, 30), stats, baselines, SPEC)
-    assert chunked.model.threshold == whole.model.threshold
-    assert chunked.metrics == whole.metrics
+    # The same model up to floating-point summation order (sums over chunks on another CPU's
+    # vector width may differ in the last bit), nothing more.
+    assert chunked.model.threshold == pytest.approx(whole.model.threshold, rel=1e-12, abs=0)
+    assert chunked.metrics == pytest.approx(whole.metrics, rel=1e-12, abs=1e-15)
     assert whole.metrics["sample_rows"] == whole.metrics["fit_rows"] == len(fit_slice(window_frame))  # within budget: every row
     scores = [t.model.score(window_frame)["score"].to_numpy() for t in (whole, chunked)]
     np.testing.assert_allclose(scores[1], scores[0], rtol=0, atol=1e-9)
