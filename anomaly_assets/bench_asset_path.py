@@ -38,7 +38,7 @@ def measure_asset_path(devices: int, workdir: Path, devices_per_chunk: int = 1_0
     Returns ``wall_seconds`` (the run, from launch to its end), ``step_seconds`` (step key:
     seconds), ``rows`` (asset: rows materialized), ``devices``, ``executor`` and ``workers``."""
     workdir = Path(workdir)
-    _write_source(workdir / "source", devices)
+    write_source(workdir / "source", devices)
     _child("prepare", workdir, devices_per_chunk)
     return {"devices": devices, "devices_per_chunk": devices_per_chunk, **_child("score", workdir, devices_per_chunk)}
 
@@ -56,7 +56,8 @@ def format_asset_path(result: dict) -> list[str]:
     return lines
 
 
-def _settings(workdir: Path, devices_per_chunk: int):
+def files_source_settings(workdir: Path, devices_per_chunk: int):
+    """A home under ``workdir`` reading the parquet files ``write_source`` leaves in ``workdir/source``."""
     from anomaly_assets.core import generator
     from anomaly_assets.settings import Settings
 
@@ -74,7 +75,7 @@ def _settings(workdir: Path, devices_per_chunk: int):
     )
 
 
-def _write_source(directory: Path, devices: int) -> None:
+def write_source(directory: Path, devices: int) -> None:
     """The training week of a small fleet, and the lookback and scored days of ``devices`` devices."""
     from anomaly_assets.core import generator
 
@@ -105,7 +106,7 @@ def _enter(workdir: Path, devices_per_chunk: int):
 
     for noisy in ("mlflow", "alembic", "dagster"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    settings = _settings(workdir, devices_per_chunk)
+    settings = files_source_settings(workdir, devices_per_chunk)
     export_to_environment(settings)
     # The source too: the run's steps build the code location from the environment.
     os.environ.update(

@@ -183,7 +183,7 @@ def test_token_guards_every_page(home, store):
 
 def test_metadata_and_alerts_link_the_explorer(monkeypatch):
     from anomaly_assets.core.alerts import webhook_payload
-    from anomaly_assets.defs.scoring.assets import readable_top_devices
+    from anomaly_assets.defs.scoring.partition_summary import readable_top_devices
     from anomaly_assets.resources.alert_router import AlertRouter
 
     monkeypatch.setenv(links.EXPLORER_URL_ENV, "http://explorer.example:8050/")

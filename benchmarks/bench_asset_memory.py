@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-LOOKBACK_DAY, DAY = "2026-11-08", "2026-11-09"
-TRAINING_DEVICES = 100
+from anomaly_assets.bench_asset_path import DAY, LOOKBACK_DAY, TRAINING_DEVICES, files_source_settings, write_source  # noqa: E402
+
 STEPS = [
     ("imports", DAY),
     ("raw_telemetry", LOOKBACK_DAY),
@@ -42,40 +42,10 @@ STEPS = [
     ("feature_drift", DAY),
     ("device_incidents", DAY),
 ]
-SEED = 11
 
 
 def _settings(home: Path, devices_per_chunk: int):
-    from anomaly_assets.core import generator
-    from anomaly_assets.settings import Settings
-
-    mapping = {
-        "cohorts": {c: c for c in generator.COHORT_COLUMNS},
-        "metrics": {m: m for m in generator.METRICS},
-        "label": "is_injected_anomaly",
-    }
-    return Settings(
-        home=home,
-        devices_per_chunk=devices_per_chunk,
-        source="files",
-        source_glob=str(home.parent / "source" / "*.parquet"),
-        source_mapping=json.dumps(mapping),
-    )
-
-
-def write_source(directory: Path, devices: int) -> None:
-    """Synthetic parquet files: the training week of a small fleet, the two days of N devices."""
-    import datetime as dt
-
-    from anomaly_assets.core import generator
-
-    directory.mkdir(parents=True)
-    training = generator.FleetConfig(n_devices=TRAINING_DEVICES, seed=SEED)
-    days = [training.start_date + dt.timedelta(days=d) for d in range(7)]
-    generator.generate_days(training, days).to_parquet(directory / "training.parquet", index=False)
-    fleet = generator.FleetConfig(n_devices=devices, seed=SEED)
-    for day in (LOOKBACK_DAY, DAY):
-        generator.generate_day(fleet, dt.date.fromisoformat(day)).to_parquet(directory / f"{day}.parquet", index=False)
+    return files_source_settings(home.parent, devices_per_chunk)
 
 
 def train_champion(home: Path, devices_per_chunk: int) -> None:

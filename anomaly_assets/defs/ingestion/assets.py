@@ -19,7 +19,6 @@ from anomaly_assets.core.validation import (
     SchemaError,
     TelemetryContract,
     ValidationResult,
-    validate_telemetry,
 )
 from anomaly_assets.defs.partitions import (
     daily_partitions,

@@ -13,29 +13,24 @@ The chunks are spread over the step's worker pool (anomaly_assets/resources/chun
 import dagster as dg
 import pandas as pd
 
-from anomaly_assets import reports
-
 from anomaly_assets.version import code_version
 from anomaly_assets.core.chunk_scoring import ScoredChunk
 from anomaly_assets.core.drift import CurrentDistribution, keep_below
-from anomaly_assets.core.feature_words import with_words
 from anomaly_assets.defs.monitoring.assets import FEATURE_DRIFT_CHECK, DriftConfig, feature_drift_results_events
 from anomaly_assets.defs.registry.champion import CHAMPION_MODEL
 from anomaly_assets.defs.partitions import (
     daily_partitions,
     days_in,
-    markdown_preview,
     partition_metadata,
     partition_window,
 )
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
-from anomaly_assets.explorer import links
 from anomaly_assets.resources.chunk_pool import ChunkPool
 from anomaly_assets.resources.chunk_tasks import score_chunk_task
 from anomaly_assets.resources.parquet_io import DeviceChunks, PartitionSpool
 from anomaly_assets.resources.results_store import anomaly_events, device_daily_summary
+from anomaly_assets.defs.scoring.partition_summary import TOP_DEVICES, concat_frames, scored_partition_metadata
 
-TOP_DEVICES = 10
 OWNERS = ["team:fleet-analytics"]
 SCORED_ANOMALIES = dg.AssetKey("scored_anomalies")
 FEATURE_DRIFT = dg.AssetKey("feature_drift")
@@ -138,8 +133,8 @@ def _scored_anomalies(context, chunks, days, model, version, model_registry, res
             summaries.append(chunk.summary)
             hourly.append(chunk.hourly)
         del chunk
-    summary = _concat(summaries)
-    hourly = _concat(hourly)
+    summary = concat_frames(summaries)
+    hourly = concat_frames(hourly)
     try:
         results_store.replace_partitions(anomaly_events, days, events.batches())
     finally:
@@ -149,54 +144,18 @@ def _scored_anomalies(context, chunks, days, model, version, model_registry, res
     start = pd.Timestamp(days[0], tz="UTC")
 
     def describe(day: str) -> dict:
-        rows = spool.rows_by_key[day]
-        counts = hourly.loc[hourly["partition_date"] == day] if len(hourly) else hourly
-        figures = {"anomalies_over_time": reports.anomalies_over_time(counts)} if len(counts) else {}
-        try:
-            mlflow_run = model_registry.log_scoring_run(
-                day,
-                version,
-                metrics={"rows": rows, "anomalies": flagged[day], "anomaly_rate": flagged[day] / max(rows, 1)},
-                figures=figures,
-                tags={"dagster_run_id": context.run.run_id},
-            )
-        finally:
-            reports.close(figures)
-        top = _concat(worst[day])
-        if len(top):
-            top = readable_top_devices(top.sort_values("max_severity", ascending=False, kind="stable").head(TOP_DEVICES), day)
-        explorer = links.explorer_url()
-        return {
-            "dagster/row_count": rows,
-            "mlflow_run": dg.MetadataValue.url(mlflow_run),
-            "anomalies": flagged[day],
-            "anomaly_rate": round(flagged[day] / rows, 6) if rows else 0.0,
-            "devices_with_anomalies": flagged_devices[day],
-            "model_name": model_registry.model_name,
-            "model_version": version,
-            "scores_training_days": bool(training_end >= start),
-            "top_devices": markdown_preview(top, rows=TOP_DEVICES),
-            **({"explorer": dg.MetadataValue.url(links.day_page(explorer, day))} if explorer else {}),
-        }
+        return scored_partition_metadata(
+            model_registry,
+            day,
+            version,
+            rows=spool.rows_by_key[day],
+            anomalies=flagged[day],
+            devices_with_anomalies=flagged_devices[day],
+            hourly=hourly.loc[hourly["partition_date"] == day] if len(hourly) else hourly,
+            worst=worst[day],
+            scores_training_days=bool(training_end >= start),
+            run_id=context.run.run_id,
+        )
 
     metadata = partition_metadata(context, {day: describe(day) for day in days}, asset_key=SCORED_ANOMALIES)
     yield dg.Output(spool, output_name="scored_anomalies", metadata=metadata)
-
-
-def readable_top_devices(top: pd.DataFrame, day: str) -> pd.DataFrame:
-    """Feature codes with their words; with ANOMALY_ASSETS_EXPLORER_URL set, each device links to
-    its page in the anomaly explorer."""
-    out = top.assign(
-        top_features=top["top_features"].map(lambda text: "; ".join(with_words(c.strip()) for c in str(text).split(",") if c.strip()))
-    )
-    explorer = links.explorer_url()
-    if explorer:
-        out["device_id"] = [f"[{d}]({links.device_page(explorer, d, day=day)})" for d in out["device_id"]]
-    return out
-
-
-def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    frames = [f for f in frames if len(f)] or frames[:1]
-    if not frames:
-        return pd.DataFrame()
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]

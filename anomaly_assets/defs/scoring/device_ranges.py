@@ -24,9 +24,8 @@ import pyarrow.parquet as pq
 
 from anomaly_assets import reports
 from anomaly_assets.core.scoring import daily_device_summary, top_devices
-from anomaly_assets.defs.partitions import SETTINGS, daily_partitions, markdown_preview, partition_window
-from anomaly_assets.defs.scoring.assets import TOP_DEVICES, _concat, readable_top_devices
-from anomaly_assets.explorer import links
+from anomaly_assets.defs.partitions import SETTINGS, daily_partitions, partition_window
+from anomaly_assets.defs.scoring.partition_summary import TOP_DEVICES, concat_frames, scored_partition_metadata
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
 from anomaly_assets.resources.parquet_io import DeviceChunks, PartitionSpool
 from anomaly_assets.resources.results_store import anomaly_events, device_daily_summary
@@ -130,9 +129,9 @@ def score_device_range(context: dg.OpExecutionContext, device_range: DeviceRange
             rows=rows.rows,
             anomalies=flagged.rows,
             devices_with_anomalies=devices_with_anomalies,
-            summary=_concat(summaries),
-            hourly=_concat(hourly),
-            worst=_concat(worst),
+            summary=concat_frames(summaries),
+            hourly=concat_frames(hourly),
+            worst=concat_frames(worst),
             model_version=version,
             validation_end=str(model.training_summary.get("validation_end", "1970-01-01")),
         )
@@ -161,7 +160,7 @@ def assemble_scored_partition(context: dg.OpExecutionContext, ranges: list[Score
     finally:
         partition.discard()
     results_store.replace_partitions(anomaly_events, [day], _batches(r.events_file for r in ranges))
-    results_store.replace_partitions(device_daily_summary, [day], _concat([r.summary for r in ranges]))
+    results_store.replace_partitions(device_daily_summary, [day], concat_frames([r.summary for r in ranges]))
     start, _end = partition_window(context)
     metadata = scored_partition_metadata(
         context.resources.model_registry,
@@ -170,58 +169,13 @@ def assemble_scored_partition(context: dg.OpExecutionContext, ranges: list[Score
         rows=sum(r.rows for r in ranges),
         anomalies=sum(r.anomalies for r in ranges),
         devices_with_anomalies=sum(r.devices_with_anomalies for r in ranges),
-        hourly=_concat([r.hourly for r in ranges]),
+        hourly=concat_frames([r.hourly for r in ranges]),
         worst=[r.worst for r in ranges],
         scores_training_days=bool(pd.Timestamp(ranges[0].validation_end) >= start),
         run_id=context.run.run_id,
     )
     yield dg.AssetMaterialization(SCORED_ANOMALIES, partition=day, metadata=metadata)
     shutil.rmtree(range_staging(context, context.resources.device_range_staging.base_dir).parent, ignore_errors=True)
-
-
-def scored_partition_metadata(
-    model_registry: MlflowModelRegistry,
-    day: str,
-    version: str,
-    *,
-    rows: int,
-    anomalies: int,
-    devices_with_anomalies: int,
-    hourly: pd.DataFrame,
-    worst: list[pd.DataFrame],
-    scores_training_days: bool,
-    run_id: str,
-) -> dict:
-    """The metadata of a scored_anomalies partition from its figures added up over chunks (or
-    ranges); logs the partition's MLflow scoring run. ``hourly``: ``reports.flagged_per_hour``
-    counts; ``worst``: each chunk's ``top_devices``. The asset's describe() computes the same per day."""
-    figures = {"anomalies_over_time": reports.anomalies_over_time(hourly)} if len(hourly) else {}
-    try:
-        mlflow_run = model_registry.log_scoring_run(
-            day,
-            version,
-            metrics={"rows": rows, "anomalies": anomalies, "anomaly_rate": anomalies / max(rows, 1)},
-            figures=figures,
-            tags={"dagster_run_id": run_id},
-        )
-    finally:
-        reports.close(figures)
-    top = _concat(worst)
-    if len(top):
-        top = readable_top_devices(top.sort_values("max_severity", ascending=False, kind="stable").head(TOP_DEVICES), day)
-    explorer = links.explorer_url()
-    return {
-        "dagster/row_count": rows,
-        "mlflow_run": dg.MetadataValue.url(mlflow_run),
-        "anomalies": anomalies,
-        "anomaly_rate": round(anomalies / rows, 6) if rows else 0.0,
-        "devices_with_anomalies": devices_with_anomalies,
-        "model_name": model_registry.model_name,
-        "model_version": version,
-        "scores_training_days": scores_training_days,
-        "top_devices": markdown_preview(top, rows=TOP_DEVICES),
-        **({"explorer": dg.MetadataValue.url(links.day_page(explorer, day))} if explorer else {}),
-    }
 
 
 def range_staging(context: dg.OpExecutionContext, base_dir: str) -> Path:
