@@ -16,6 +16,7 @@ import shutil
 import socket
 import sys
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import dagster as dg
@@ -27,7 +28,7 @@ from anomaly_assets.core.scoring import daily_device_summary, top_devices
 from anomaly_assets.defs.partitions import SETTINGS, daily_partitions, partition_window
 from anomaly_assets.defs.scoring.partition_summary import TOP_DEVICES, concat_frames, scored_partition_metadata
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
-from anomaly_assets.resources.parquet_io import DeviceChunks, PartitionSpool
+from anomaly_assets.resources.parquet_io import DeviceChunks, PartitionedParquetIOManager, PartitionSpool
 from anomaly_assets.resources.results_store import anomaly_events, device_daily_summary
 from anomaly_assets.settings import Settings
 
@@ -69,12 +70,14 @@ class RangePlan(dg.Config):
     devices_per_range: int = SETTINGS.devices_per_range
 
 
-@dg.op(out=dg.DynamicOut(DeviceRange, io_manager_key=STAGING), required_resource_keys={"io_manager"})
-def plan_device_ranges(context: dg.OpExecutionContext, config: RangePlan) -> Iterator[dg.DynamicOutput]:
+@dg.op(out=dg.DynamicOut(DeviceRange, io_manager_key=STAGING))
+def plan_device_ranges(
+    context: dg.OpExecutionContext, config: RangePlan, io_manager: dg.ResourceParam[PartitionedParquetIOManager]
+) -> Iterator[dg.DynamicOutput]:
     """The partition's devices in ranges of whole chunks, cut where scored_anomalies cuts its chunks."""
     if config.devices_per_range < 1:
         raise ValueError(f"devices_per_range must be at least 1, got {config.devices_per_range}")
-    parquet = context.resources.io_manager
+    parquet = io_manager
     path = parquet.partition_path(DEVICE_FEATURES, context.partition_key)
     if not path.exists():
         raise FileNotFoundError(
@@ -91,11 +94,15 @@ def plan_device_ranges(context: dg.OpExecutionContext, config: RangePlan) -> Ite
         yield dg.DynamicOutput(DeviceRange(index, chunks), mapping_key=f"range_{index}")
 
 
-@dg.op(out=dg.Out(ScoredRange, io_manager_key=STAGING), required_resource_keys={STAGING, "model_registry"})
-def score_device_range(context: dg.OpExecutionContext, device_range: DeviceRange) -> dg.Output[ScoredRange]:
+@dg.op(out=dg.Out(ScoredRange, io_manager_key=STAGING))
+def score_device_range(
+    context: dg.OpExecutionContext,
+    device_range: DeviceRange,
+    model_registry: MlflowModelRegistry,
+    device_range_staging: dg.ResourceParam[Any],  # the staging IO manager: its folder
+) -> dg.Output[ScoredRange]:
     """The range's rows scored by the champion a chunk at a time, staged as parquet."""
     day = context.partition_key
-    model_registry: MlflowModelRegistry = context.resources.model_registry
     version, model = model_registry.load_champion()
     rows, flagged = PartitionSpool([day]), PartitionSpool([day])
     summaries, hourly, worst = [], [], []
@@ -117,7 +124,7 @@ def score_device_range(context: dg.OpExecutionContext, device_range: DeviceRange
             summaries.append(daily_device_summary(scored))
             hourly.append(reports.flagged_per_hour(scored))
             del scored, chunk_events
-        folder = range_staging(context, context.resources.device_range_staging.base_dir)
+        folder = range_staging(context, device_range_staging.base_dir)
         folder.mkdir(parents=True, exist_ok=True)
         scored_file, events_file = (folder / f"{kind}-{device_range.index:05d}.parquet" for kind in ("scored", "events"))
         shutil.move(rows.files()[day], scored_file)
@@ -141,12 +148,18 @@ def score_device_range(context: dg.OpExecutionContext, device_range: DeviceRange
     return dg.Output(result, metadata={"rows": result.rows, "anomalies": result.anomalies, **where_this_runs()})
 
 
-@dg.op(out={}, required_resource_keys={"io_manager", STAGING, "model_registry", "results_store"})
-def assemble_scored_partition(context: dg.OpExecutionContext, ranges: list[ScoredRange]) -> Iterator[dg.AssetMaterialization]:
+@dg.op(out={})
+def assemble_scored_partition(
+    context: dg.OpExecutionContext,
+    ranges: list[ScoredRange],
+    io_manager: dg.ResourceParam[PartitionedParquetIOManager],
+    device_range_staging: dg.ResourceParam[Any],
+    model_registry: MlflowModelRegistry,
+    results_store: ResultsStore,
+) -> Iterator[dg.AssetMaterialization]:
     """The ranges' rows as the scored_anomalies partition and its results-database rows, then the
     staging removed; what the asset would record, recorded as its materialization."""
     day = context.partition_key
-    results_store: ResultsStore = context.resources.results_store
     ranges = sorted(ranges, key=lambda r: r.index)
     versions = sorted({r.model_version for r in ranges})
     if len(versions) != 1:
@@ -156,14 +169,14 @@ def assemble_scored_partition(context: dg.OpExecutionContext, ranges: list[Score
     try:
         for batch in _batches(r.scored_file for r in ranges):
             partition.append_to(day, batch)
-        context.resources.io_manager.put_partition(SCORED_ANOMALIES, day, partition.files()[day])
+        io_manager.put_partition(SCORED_ANOMALIES, day, partition.files()[day])
     finally:
         partition.discard()
     results_store.replace_partitions(anomaly_events, [day], _batches(r.events_file for r in ranges))
     results_store.replace_partitions(device_daily_summary, [day], concat_frames([r.summary for r in ranges]))
     start, _end = partition_window(context)
     metadata = scored_partition_metadata(
-        context.resources.model_registry,
+        model_registry,
         day,
         version,
         rows=sum(r.rows for r in ranges),
@@ -175,7 +188,7 @@ def assemble_scored_partition(context: dg.OpExecutionContext, ranges: list[Score
         run_id=context.run.run_id,
     )
     yield dg.AssetMaterialization(SCORED_ANOMALIES, partition=day, metadata=metadata)
-    shutil.rmtree(range_staging(context, context.resources.device_range_staging.base_dir).parent, ignore_errors=True)
+    shutil.rmtree(range_staging(context, device_range_staging.base_dir).parent, ignore_errors=True)
 
 
 def range_staging(context: dg.OpExecutionContext, base_dir: str) -> Path:
