@@ -411,6 +411,52 @@ def test_the_gate_judges_the_version_its_own_partition_trained(home, defs, regis
     assert int(again) > int(second) and registry.partition_version("2026-11-08") == again
 
 
+_TRAIN_ONE_PARTITION = """
+import json, sys
+import dagster as dg
+from anomaly_assets.definitions import build_definitions
+from anomaly_assets.settings import Settings, export_to_environment
+from anomaly_assets_tests.conftest import small_settings
+from pathlib import Path
+settings = small_settings(Path(sys.argv[1]))
+export_to_environment(settings)
+defs = build_definitions(settings)
+result = defs.resolve_job_def("training_job").execute_in_process(
+    instance=dg.DagsterInstance.from_config(str(settings.dagster_home)), partition_key=sys.argv[2],
+    run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+)
+found = {e.materialization.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+         for e in result.get_asset_materialization_events()}
+print(json.dumps({"success": result.success, "run_id": result.run_id,
+                  "registered": str(found["anomaly_detector"]["model_version"]),
+                  "gated": str(found["model_promotion"].get("challenger_version", found["model_promotion"].get("champion_version")))}))
+"""
+
+
+def test_two_training_runs_at_once_each_gate_their_own_version(home, registry):
+    """Two training_job runs, for two partitions, in two processes at the same time: each gate
+    evaluates the version its own run registered, whichever run moved 'challenger' last."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    days = ("2026-11-08", "2026-11-09")
+    runs = [
+        subprocess.Popen([sys.executable, "-c", _TRAIN_ONE_PARTITION, str(home), day], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for day in days
+    ]
+    outputs = []
+    for run in runs:
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-3000:]
+        outputs.append(json.loads(out.strip().splitlines()[-1]))
+    assert all(o["success"] for o in outputs)
+    assert outputs[0]["registered"] != outputs[1]["registered"]
+    for day, out in zip(days, outputs, strict=True):
+        assert out["gated"] == out["registered"]  # its own version, not the other run's
+        tags = registry.client().get_model_version(registry.model_name, out["registered"]).tags
+        assert tags["dagster_partition"] == day and tags["dagster_run_id"] == out["run_id"]
+    assert registry.alias_version("challenger") in {o["registered"] for o in outputs}
+
+
 def test_nothing_reached_mlflows_process_wide_store(home):
     """Every registry call above went through a client built with the home's tracking URI."""
     uri = _process_wide(home)
