@@ -87,7 +87,7 @@ def test_service_commands_match_what_the_integration_tests_run_natively():
     celery = _command("celery-worker")
     assert celery[:6] == ["dagster-celery", "worker", "start", "-A", "dagster_celery.app", "-y"]
     assert '"dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", "celery_worker.yaml"' in (
-        REPO / "anomaly_assets_tests" / "test_celery_executor.py"
+        REPO / "anomaly_assets_tests" / "dagster_processes.py"  # two_celery_workers, which the Celery tests start
     ).read_text()
 
 
