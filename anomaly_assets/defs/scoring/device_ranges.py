@@ -23,8 +23,7 @@ import dagster as dg
 import pandas as pd
 import pyarrow.parquet as pq
 
-from anomaly_assets import reports
-from anomaly_assets.core.scoring import daily_device_summary, top_devices
+from anomaly_assets.core.chunk_scoring import score_chunk
 from anomaly_assets.defs.partitions import SETTINGS, daily_partitions, partition_window
 from anomaly_assets.defs.scoring.partition_summary import TOP_DEVICES, concat_frames, scored_partition_metadata
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
@@ -108,22 +107,20 @@ def score_device_range(
     summaries, hourly, worst = [], [], []
     devices_with_anomalies = 0
     try:
-        for chunk in device_range.chunks:
-            if chunk.empty:
-                continue
-            scored = model.score(chunk).assign(
-                model_name=model_registry.model_name,
-                model_version=version,
-                partition_date=lambda f: f["timestamp"].dt.strftime("%Y-%m-%d"),
+        for features in device_range.chunks:  # each chunk scored as the scoring asset scores it
+            chunk = score_chunk(
+                model, features, [day], model_name=model_registry.model_name, model_version=version, drift=False, top=TOP_DEVICES
             )
-            rows.append_to(day, scored)
-            chunk_events = scored.loc[scored["is_anomaly"]]
-            flagged.append_to(day, chunk_events)
-            devices_with_anomalies += chunk_events["device_id"].nunique()  # a device lies in one chunk
-            worst.append(top_devices(chunk_events, TOP_DEVICES))
-            summaries.append(daily_device_summary(scored))
-            hourly.append(reports.flagged_per_hour(scored))
-            del scored, chunk_events
+            if day not in chunk.scored:
+                continue
+            rows.append_to(day, chunk.scored[day])
+            flagged.append_to(day, chunk.events)
+            devices_with_anomalies += chunk.flagged_devices[day]  # a device lies in one chunk
+            if day in chunk.worst:
+                worst.append(chunk.worst[day])
+            summaries.append(chunk.summary)
+            hourly.append(chunk.hourly)
+            del chunk
         folder = range_staging(context, device_range_staging.base_dir)
         folder.mkdir(parents=True, exist_ok=True)
         scored_file, events_file = (folder / f"{kind}-{device_range.index:05d}.parquet" for kind in ("scored", "events"))
