@@ -28,7 +28,6 @@ from pathlib import Path
 LOOKBACK_DAY, DAY = "2026-11-08", "2026-11-09"
 TRAINING_DEVICES = 100
 SEED = 11
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 ASSETS = ("raw_telemetry", "validated_telemetry", "device_features", "scored_anomalies", "feature_drift")
 
 
@@ -99,14 +98,15 @@ def _child(kind: str, workdir: Path, devices_per_chunk: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _enter(workdir: Path, devices_per_chunk: int):
+def enter(settings):
+    """Make this process the code location of ``settings``: quiet libraries, the settings (its
+    source too) in the environment the steps build the code location from, the home prepared."""
     import logging
 
     from anomaly_assets.settings import export_to_environment, prepare_embedded_home
 
     for noisy in ("mlflow", "alembic", "dagster"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    settings = files_source_settings(workdir, devices_per_chunk)
     export_to_environment(settings)
     # The source too: the run's steps build the code location from the environment.
     os.environ.update(
@@ -125,9 +125,9 @@ def _prepare(workdir: Path, devices_per_chunk: int) -> dict:
     import dagster as dg
 
     from anomaly_assets.definitions import build_definitions
-    from anomaly_assets.demo import partition_range_tags
+    from anomaly_assets.demo import QUIET, partition_range_tags
 
-    settings = _enter(workdir, devices_per_chunk)
+    settings = enter(files_source_settings(workdir, devices_per_chunk))
     defs = build_definitions(settings)
     first = settings.start_date
     last = first + dt.timedelta(days=settings.training_days - 1)
@@ -155,9 +155,10 @@ def _score(workdir: Path, devices_per_chunk: int) -> dict:
     import dagster as dg
 
     from anomaly_assets import bench_asset_path
+    from anomaly_assets.demo import QUIET
     from anomaly_assets.resources.chunk_pool import chunk_workers
 
-    settings = _enter(workdir, devices_per_chunk)
+    settings = enter(files_source_settings(workdir, devices_per_chunk))
     instance = dg.DagsterInstance.get()
     job = dg.reconstructable(bench_asset_path.scoring_job)
     executor = job.get_definition().executor_def.name

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 START = dt.date(2026, 11, 1)
-TRAINING_STEPS = ("cohort_stats", "baselines", "anomaly_detector", "model_promotion")
 
 
 def _settings(home: Path, devices: int, days: int, devices_per_chunk: int):
@@ -34,15 +33,9 @@ def _settings(home: Path, devices: int, days: int, devices_per_chunk: int):
 def _definitions(home: Path, devices: int, days: int, devices_per_chunk: int):
     """The code location for ``home``: settings exported first, because the partitions definition
     and the training window mapping read them at import."""
-    import logging
+    from anomaly_assets.bench_asset_path import enter
 
-    from anomaly_assets.settings import export_to_environment, prepare_embedded_home
-
-    for noisy in ("mlflow", "alembic", "dagster"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    settings = _settings(home, devices, days, devices_per_chunk)
-    export_to_environment(settings)
-    prepare_embedded_home(settings)
+    settings = enter(_settings(home, devices, days, devices_per_chunk))
     from anomaly_assets.definitions import build_definitions
 
     return build_definitions(settings)
@@ -68,6 +61,7 @@ def run_training(home: Path, devices: int, days: int, devices_per_chunk: int) ->
     import dagster as dg
 
     from anomaly_assets.bench_asset_path import step_seconds
+    from anomaly_assets.benchmark import _peak_mb
     from anomaly_assets.demo import QUIET
 
     defs = _definitions(home, devices, days, devices_per_chunk)
@@ -81,32 +75,20 @@ def run_training(home: Path, devices: int, days: int, devices_per_chunk: int) ->
     return {
         "devices": devices,
         "days": days,
-        "rows": _training_rows(result),
+        "rows": int(_materialized(result, "cohort_stats", "training_rows")),
         "wall_seconds": wall,
         "step_seconds": step_seconds(instance, result.run_id),
         "peak_mb": _peak_mb(),
-        "model_version": _model_version(result),
+        "model_version": str(_materialized(result, "anomaly_detector", "model_version")),
     }
 
 
-def _training_rows(result) -> int:
+def _materialized(result, asset: str, key: str):
+    """A metadata value of ``asset``'s materialization in the run."""
     for event in result.get_asset_materialization_events():
-        if event.asset_key.to_user_string() == "cohort_stats":
-            return int(event.materialization.metadata["training_rows"].value)
-    raise RuntimeError("training_job recorded no cohort_stats materialization")
-
-
-def _model_version(result) -> str:
-    for event in result.get_asset_materialization_events():
-        if event.asset_key.to_user_string() == "anomaly_detector":
-            return str(event.materialization.metadata["model_version"].value)
-    raise RuntimeError("training_job recorded no anomaly_detector materialization")
-
-
-def _peak_mb() -> float:
-    from anomaly_assets.benchmark import _peak_mb as peak
-
-    return peak()
+        if event.asset_key.to_user_string() == asset:
+            return event.materialization.metadata[key].value
+    raise RuntimeError(f"training_job recorded no {asset} materialization")
 
 
 def _child(kind: str, payload: dict) -> dict:

@@ -6,8 +6,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from anomaly_assets.defs.executors import scoring_executor_for
-from anomaly_assets.defs.partitions import SETTINGS, daily_partitions
+from anomaly_assets.defs.partitions import daily_partitions
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -39,5 +38,3 @@ def scoring_job_for(executor: dg.ExecutorDefinition | None = None) -> Unresolved
         description="Everything from raw telemetry to scored anomalies and feature drift for a day, with the champion model.",
     )
 
-
-scoring_job = scoring_job_for(scoring_executor_for(SETTINGS))

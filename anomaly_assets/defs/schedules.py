@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from anomaly_assets.defs.jobs import scoring_job, training_job
+from anomaly_assets.defs.jobs import training_job
 from anomaly_assets.defs.partitions import SETTINGS, daily_partitions
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
 
 def daily_scoring_schedule_for(job: UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
     """The daily run of ``job`` (the code location passes the scoring job it defines)."""
@@ -29,9 +30,6 @@ def daily_scoring_schedule_for(job: UnresolvedAssetJobDefinition) -> dg.Schedule
         description="Device inventory and raw telemetry through scored anomalies and feature drift for the last "
         "complete day (yesterday, UTC); its incidents and alerts follow by declarative automation.",
     )
-
-
-daily_scoring_schedule = daily_scoring_schedule_for(scoring_job)
 
 
 def last_complete_day(context: dg.ScheduleEvaluationContext) -> str | None:

@@ -40,8 +40,9 @@ class ChunkPool:
     """``map(function, shared, items)`` runs ``function(shared, item)`` per item, in order of
     ``items``, in the workers; ``shared`` (a model, the input's files) goes to each worker once."""
 
-    def __init__(self, workers: int | None = None, warm: Iterable[str] = WARM_MODULES):
-        self.workers = workers or chunk_workers()
+    def __init__(self, workers: int | None = None, warm: Iterable[str] = WARM_MODULES, chunks: int | None = None):
+        # A step with one chunk (or none) has nothing to spread: no workers to start.
+        self.workers = 1 if chunks is not None and chunks <= 1 else workers or chunk_workers()
         self._pool = None
         self._files: list[str] = []
         if self.workers > 1:

@@ -68,6 +68,7 @@ class DeviceChunks:
         self.devices_per_chunk = devices_per_chunk
         self.columns = list(columns) if columns is not None else None  # None: every column
         self._boundaries: list | None = None
+        self._devices: int | None = None  # distinct device ids, counted with the boundaries
         self._start = self._end = None  # a device range's ends (see ``ranges``); None: the files' own
 
     def with_boundaries(self, boundaries: list) -> DeviceChunks:
@@ -124,16 +125,31 @@ class DeviceChunks:
         """The first device id of each chunk, ascending; empty when there is nothing to chunk by
         (no rows, or no device id column: one chunk then holds every row). Read once."""
         if self._boundaries is None:
-            self._boundaries = self._read_boundaries()
+            self._read_devices()
         return self._boundaries
 
-    def _read_boundaries(self) -> list:
+    def device_count(self) -> int:
+        """How many distinct device ids the files hold (all of them, not a range's); read with the
+        boundaries, in the same pass."""
+        if self._devices is None:
+            self._read_devices()
+        return self._devices
+
+    def _read_devices(self) -> None:
+        """The sorted distinct device ids, one row group at a time: their count, and the boundaries
+        when none were given."""
+        sorted_ids = self._sorted_devices()
+        self._devices = len(sorted_ids)
+        if self._boundaries is None:
+            self._boundaries = sorted_ids[:: self.devices_per_chunk].to_pylist() if len(sorted_ids) else []
+
+    def _sorted_devices(self) -> pa.Array:
         devices = None
         for path in self.paths:
             with path.open("rb") as handle:
                 file = pq.ParquetFile(handle)
                 if DEVICE_COLUMN not in file.schema_arrow.names:
-                    return []
+                    return pa.array([])
                 for group in range(file.num_row_groups):  # one row group at a time: memory per group, not file
                     column = file.read_row_group(group, columns=[DEVICE_COLUMN]).column(0)
                     if pa.types.is_null(column.type):
@@ -142,10 +158,9 @@ class DeviceChunks:
                     if devices is not None:
                         unique = pc.unique(pa.concat_arrays([devices, unique.cast(devices.type)]))
                     devices = unique
-        if devices is None or not len(devices):
-            return []
-        ordered = pc.array_sort_indices(devices)
-        return devices.take(ordered)[:: self.devices_per_chunk].to_pylist()
+        if devices is None:
+            return pa.array([])
+        return devices.take(pc.array_sort_indices(devices))
 
     def chunk_count(self) -> int:
         """How many chunks ``read_chunk`` serves (1 when there is nothing to chunk by)."""

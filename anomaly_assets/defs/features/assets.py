@@ -52,7 +52,7 @@ def device_features(
     inventory_source: InventorySource,
 ) -> dg.Output[PartitionSpool]:
     chunks = validated_telemetry.chunk_count()
-    pool = ChunkPool() if chunks > 1 else ChunkPool(workers=1)  # its workers start importing now
+    pool = ChunkPool(chunks=chunks)  # its workers start importing now
     start, end = partition_window(context)
     spec = feature_spec(telemetry_source, inventory_source)
     days = list(pd.date_range(start, end, freq="D", inclusive="left"))
@@ -81,4 +81,3 @@ def device_features(
     }
     context.log.info(f"built features for {spool.rows} rows with {lookback_rows} lookback rows")
     return dg.Output(spool, metadata=partition_metadata(context, metadata))
-

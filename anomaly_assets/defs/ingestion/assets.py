@@ -170,7 +170,7 @@ def validated_telemetry(
     # Chunks spread over the step's worker pool, their valid rows written here in device order.
     chunks = raw_telemetry.chunk_count()
     warm = ("anomaly_assets.resources.chunk_tasks", "anomaly_assets.core.validation")
-    with ChunkPool(warm=warm) if chunks > 1 else ChunkPool(workers=1) as pool:
+    with ChunkPool(warm=warm, chunks=chunks) as pool:
         shared = (raw_telemetry, contract, days, day_starts, start, end, attributes, device_inventory)
         for validated in pool.map(validate_chunk, shared, range(chunks)):
             for day in validated:

@@ -76,7 +76,7 @@ def model_promotion(
     # held-out day, when the champion was trained on an earlier window.
     # The partition's rows a chunk of devices at a time, of at most evaluation_devices devices
     # (a sample fixed by the device ids above it): memory follows the chunk, not the fleet.
-    share = min(1.0, config.evaluation_devices / max(_device_count(device_features), 1))
+    share = min(1.0, config.evaluation_devices / max(device_features.device_count(), 1))
     shadow = shadow_score(
         device_features,
         challenger_model,
@@ -131,10 +131,6 @@ def model_promotion(
             "evaluated_devices": int(shadow.challenger["device_id"].nunique()),
         }
     )
-
-
-def _device_count(device_features: DeviceChunks) -> int:
-    return sum(chunk["device_id"].nunique() for chunk in device_features.with_options(columns=["device_id"]))
 
 
 class PromoteConfig(dg.Config):

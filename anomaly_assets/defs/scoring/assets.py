@@ -73,7 +73,7 @@ def score_and_measure_drift(
 ):
     selected = context.selected_asset_keys
     scoring, drift = SCORED_ANOMALIES in selected, FEATURE_DRIFT in selected
-    pool = ChunkPool() if device_features.chunk_count() > 1 else ChunkPool(workers=1)  # its workers start importing now
+    pool = ChunkPool(chunks=device_features.chunk_count())  # its workers start importing now
     try:
         start, end = partition_window(context)
         version, model = model_registry.load_champion()
