@@ -206,7 +206,7 @@ def _validate_in_chunks(tmp_path, kind: str, devices_per_chunk: int):
 
     from anomaly_assets.defs.ingestion.assets import raw_telemetry, validated_telemetry
     from anomaly_assets.defs.inventory.assets import device_inventory
-    from anomaly_assets.resources import PartitionedParquetIOManager, ResultsStore
+    from anomaly_assets.resources import ChunkWorkers, PartitionedParquetIOManager, ResultsStore
     from anomaly_assets.resources.sources import InventorySource
     from anomaly_assets_tests.test_validation_assets import PARTITION, HandBuiltSource
 
@@ -216,6 +216,7 @@ def _validate_in_chunks(tmp_path, kind: str, devices_per_chunk: int):
         "results_store": ResultsStore(url=f"sqlite:///{home}.db"),
         "io_manager": PartitionedParquetIOManager(base_path=str(home), devices_per_chunk=devices_per_chunk),
         "inventory_source": InventorySource(),
+        "chunk_workers": ChunkWorkers(),
     }
     result = dg.materialize(
         [device_inventory, raw_telemetry, validated_telemetry], partition_key=PARTITION, resources=resources, raise_on_error=False

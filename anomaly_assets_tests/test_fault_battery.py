@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from anomaly_assets.core import generator
 from anomaly_assets.defs.ingestion.assets import FAMILY_CHECKS, raw_telemetry, validated_telemetry
 from anomaly_assets.defs.inventory.assets import device_inventory
-from anomaly_assets.resources import PartitionedParquetIOManager, ResultsStore
+from anomaly_assets.resources import ChunkWorkers, PartitionedParquetIOManager, ResultsStore
 from anomaly_assets.resources.sources import (
     ColumnMapping,
     FileTelemetrySource,
@@ -195,6 +195,7 @@ def materialize(tmp_path: Path, source, instance: dg.DagsterInstance | None = No
             "results_store": store,
             "io_manager": PartitionedParquetIOManager(base_path=str(tmp_path / "parquet")),
             "inventory_source": InventorySource(),
+            "chunk_workers": ChunkWorkers(),
         },
     )
     return result, store

@@ -58,3 +58,22 @@ def test_top_3_loop_equals_the_general_loop_with_nan_and_ties():
     np.testing.assert_array_equal(
         kernels.top_k_abs_z(matrix, medians, scales, 2), kernels._top_k_abs_z_loop(matrix, medians, scales, 2)
     )
+
+
+def test_bin_counts_equal_searchsorted_with_tied_edges_values_on_edges_and_non_finite():
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(20_000, 5))
+    values[::7, 0] = np.nan
+    values[::11, 1] = np.inf
+    values[::13, 2] = -np.inf
+    edges = [np.concatenate(([-np.inf], np.quantile(values[:, j][np.isfinite(values[:, j])], np.linspace(0.1, 0.9, 9)), [np.inf])) for j in range(4)]
+    edges.append(np.array([-np.inf, 0.0, 0.0, 0.5, np.inf]))  # a tie, and fewer bins than the others
+    values[:100, 4] = 0.0  # values exactly on the tied edge fall below it (side="left")
+    values[100:200, 3] = edges[3][4]  # and on an ordinary edge
+    compiled = [np.zeros(len(e) - 1, dtype=np.int64) for e in edges]
+    kernels.add_bin_counts(values, edges, compiled)
+    for j, column_edges in enumerate(edges):
+        column = values[:, j][np.isfinite(values[:, j])]
+        expected = np.bincount(np.searchsorted(column_edges[1:-1], column, side="left"), minlength=len(column_edges) - 1)
+        np.testing.assert_array_equal(compiled[j], expected)
+    assert compiled[4][0] == (values[:, 4] <= 0.0).sum() and compiled[0].sum() < len(values)

@@ -306,7 +306,7 @@ def test_inventory_attributes_reach_the_features_as_cohort_columns(tmp_path: Pat
     from anomaly_assets.defs.features.assets import device_features, feature_spec
     from anomaly_assets.defs.ingestion.assets import raw_telemetry, validated_telemetry
     from anomaly_assets.defs.inventory.assets import device_inventory
-    from anomaly_assets.resources import PartitionedParquetIOManager, ResultsStore, SyntheticFleetSource
+    from anomaly_assets.resources import ChunkWorkers, PartitionedParquetIOManager, ResultsStore, SyntheticFleetSource
 
     url = f"sqlite:///{tmp_path}/inventory.db"
     engine = sa.create_engine(url)
@@ -319,6 +319,7 @@ def test_inventory_attributes_reach_the_features_as_cohort_columns(tmp_path: Pat
         "io_manager": PartitionedParquetIOManager(base_path=str(tmp_path / "parquet")),
         "results_store": ResultsStore(url=f"sqlite:///{tmp_path}/results.db"),
         "inventory_source": InventorySource(url=url, columns={"site": "site_code", "firmware": "fw"}),
+        "chunk_workers": ChunkWorkers(),
     }
     chain = [device_inventory, raw_telemetry, validated_telemetry, device_features]
     result = dg.materialize(chain, partition_key="2026-11-02", resources=resources)

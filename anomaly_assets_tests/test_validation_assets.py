@@ -22,7 +22,7 @@ from anomaly_assets.core.contract import TelemetryContract, load_contract
 from anomaly_assets.defs.features.assets import device_features
 from anomaly_assets.defs.ingestion.assets import FAMILY_CHECKS, raw_telemetry, validated_telemetry
 from anomaly_assets.defs.inventory.assets import device_inventory
-from anomaly_assets.resources import PartitionedParquetIOManager, ResultsStore, TelemetrySource
+from anomaly_assets.resources import ChunkWorkers, PartitionedParquetIOManager, ResultsStore, TelemetrySource
 from anomaly_assets.resources.results_store import quarantined_telemetry
 
 PARTITION = "2026-11-02"
@@ -91,6 +91,7 @@ def run(tmp_path, kind: str, assets=(raw_telemetry, validated_telemetry), run_co
         "results_store": ResultsStore(url=f"sqlite:///{tmp_path}/results.db"),
         "io_manager": PartitionedParquetIOManager(base_path=str(tmp_path / "parquet")),
         "inventory_source": InventorySource(),  # not configured: enrichment skipped
+        "chunk_workers": ChunkWorkers(),
     }
     result = dg.materialize(
         [device_inventory, *assets], partition_key=PARTITION, resources=resources, raise_on_error=False, run_config=run_config
@@ -259,6 +260,7 @@ def run_range(tmp_path, frame: pd.DataFrame):
         "results_store": ResultsStore(url=f"sqlite:///{tmp_path}/results.db"),
         "io_manager": PartitionedParquetIOManager(base_path=str(tmp_path / "parquet")),
         "inventory_source": InventorySource(),  # not configured: enrichment skipped
+        "chunk_workers": ChunkWorkers(),
     }
     tags = {"dagster/asset_partition_range_start": "2026-11-02", "dagster/asset_partition_range_end": "2026-11-03"}
     result = dg.materialize([device_inventory, raw_telemetry, validated_telemetry], resources=resources, tags=tags)

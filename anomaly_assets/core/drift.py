@@ -8,6 +8,8 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from anomaly_assets.core.kernels import add_bin_counts
+
 DRIFT_COLUMNS = ("feature", "psi", "ks", "reference_median", "current_median", "drifted")
 
 
@@ -88,11 +90,7 @@ class CurrentDistribution:
 
     def add_values(self, values: np.ndarray) -> None:
         """Rows of the reference's features, in its order, as a float matrix."""
-        by_feature = np.ascontiguousarray(values.T)  # one feature's values side by side
-        for j, edges in enumerate(self.reference.edges):
-            column = by_feature[j][np.isfinite(by_feature[j])]
-            self.counts[j] += np.bincount(np.searchsorted(edges[1:-1], column, side="left"), minlength=len(edges) - 1)
-        del by_feature
+        add_bin_counts(values, self.reference.edges, self.counts)
         self.rows += len(values)
         # A uniform sample without replacement: the rows with the smallest random priorities,
         # kept in arrival order.

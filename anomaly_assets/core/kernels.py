@@ -289,3 +289,46 @@ def metric_features_into(
         int(c_value), int(c_delta), c_dev.astype(np.int64), c_std.astype(np.int64),
     )
     return True
+
+
+def _bin_counts_loop(values, interior, lengths, counts):
+    """Per column j: how many finite values fall in each bin of its interior edges
+    ``interior[j, :lengths[j]]`` (bin i: i edges below the value, the edge itself in the lower
+    bin), added to ``counts[j]``: ``np.searchsorted(edges, column, side="left")``'s bins."""
+    n, m = values.shape
+    for i in range(n):
+        for j in range(m):
+            v = values[i, j]
+            if not np.isfinite(v):
+                continue
+            low, high = 0, lengths[j]
+            while low < high:
+                middle = (low + high) >> 1
+                if interior[j, middle] < v:
+                    low = middle + 1
+                else:
+                    high = middle
+            counts[j, low] += 1
+
+
+_bin_counts_compiled = numba.njit(cache=True, nogil=True)(_bin_counts_loop) if numba is not None else None
+
+
+def add_bin_counts(values: np.ndarray, edges: list[np.ndarray], counts: list[np.ndarray]) -> None:
+    """Add each column's histogram over its ``edges`` (-inf and +inf at the ends) to ``counts``;
+    non-finite values are not counted. Row-major values are read in place, without a transposed copy."""
+    if _bin_counts_compiled is None:
+        by_column = np.ascontiguousarray(values.T)
+        for j, column_edges in enumerate(edges):
+            column = by_column[j][np.isfinite(by_column[j])]
+            counts[j] += np.bincount(np.searchsorted(column_edges[1:-1], column, side="left"), minlength=len(column_edges) - 1)
+        return
+    widest = max((len(e) - 2 for e in edges), default=0)
+    interior = np.full((len(edges), max(widest, 1)), np.inf)
+    for j, column_edges in enumerate(edges):
+        interior[j, : len(column_edges) - 2] = column_edges[1:-1]
+    lengths = np.array([len(e) - 2 for e in edges], dtype=np.int64)
+    table = np.zeros((len(edges), widest + 1), dtype=np.int64)
+    _bin_counts_compiled(np.ascontiguousarray(values, dtype=np.float64), interior, lengths, table)
+    for j, column_counts in enumerate(counts):
+        column_counts += table[j, : len(column_counts)]

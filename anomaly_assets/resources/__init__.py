@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "AlertRouter": "alert_router",
+    "ChunkWorkers": "chunk_workers",
     "MlflowModelRegistry": "model_registry",
     "ModelRegistryClient": "registry_client",
     "PartitionedParquetIOManager": "parquet_io",
@@ -30,6 +31,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from anomaly_assets.resources.alert_router import AlertRouter
+    from anomaly_assets.resources.chunk_workers import ChunkWorkers
     from anomaly_assets.resources.environment import build_resources
     from anomaly_assets.resources.model_registry import MlflowModelRegistry
     from anomaly_assets.resources.registry_client import ModelRegistryClient

@@ -1,8 +1,10 @@
-"""A pool of worker processes inside one heavy step: chunks of whole devices go to workers that
-run core functions on them, in parallel, while the step's own process writes what comes back.
+"""A pool of worker processes for the heavy steps: chunks of whole devices go to workers that run
+core functions on them, in parallel, while the step's own process writes what comes back.
 
-Started once per step (``spawn``: a worker is a fresh interpreter, safe beside the threads Dagster
-runs), and as early as the step can, so the workers' imports overlap the step's own set-up.
+``spawn`` workers (a fresh interpreter each, safe beside the threads Dagster runs) that import the
+numeric libraries, the chunk tasks and Great Expectations as they start, before the first chunk
+arrives. The run's :class:`~anomaly_assets.resources.chunk_workers.ChunkWorkers` resource keeps
+one pool for the whole run, so those imports are paid once, not once per step.
 ANOMALY_ASSETS_CHUNK_WORKERS sets how many (default min(2, cores)); 1 runs every chunk in the
 step's process, without a pool. A script that materializes in its own process with more than one
 worker needs an ``if __name__ == "__main__":`` guard: a spawned worker imports the script's main
@@ -16,14 +18,16 @@ import multiprocessing
 import os
 import pickle
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 WORKERS_ENV = "ANOMALY_ASSETS_CHUNK_WORKERS"
-# Imported by each worker as it starts, before the first chunk arrives.
-WARM_MODULES = ("anomaly_assets.resources.chunk_tasks",)
+# Imported by each worker as it starts, before the first chunk arrives: every heavy step's task
+# (validation's Great Expectations included), since one pool serves every step of a run.
+WARM_MODULES = ("anomaly_assets.resources.chunk_tasks", "anomaly_assets.core.validation")
 
-_shared: dict[str, Any] = {}  # in a worker: what ``map`` shares with every task, by its file
+_shared: dict[str, Any] = {}  # in a worker: what the current ``map`` shares with every task, by its token
 
 
 def chunk_workers() -> int:
@@ -38,13 +42,12 @@ def chunk_workers() -> int:
 
 class ChunkPool:
     """``map(function, shared, items)`` runs ``function(shared, item)`` per item, in order of
-    ``items``, in the workers; ``shared`` (a model, the input's files) goes to each worker once."""
+    ``items``, in the workers; ``shared`` (a model, the input's files) goes to each worker once
+    per ``map``. With one worker (or one item) it runs in the calling process."""
 
-    def __init__(self, workers: int | None = None, warm: Iterable[str] = WARM_MODULES, chunks: int | None = None):
-        # A step with one chunk (or none) has nothing to spread: no workers to start.
-        self.workers = 1 if chunks is not None and chunks <= 1 else workers or chunk_workers()
+    def __init__(self, workers: int | None = None, warm: Iterable[str] = WARM_MODULES):
+        self.workers = workers or chunk_workers()
         self._pool = None
-        self._files: list[str] = []
         if self.workers > 1:
             context = multiprocessing.get_context("spawn")
             self._pool = context.Pool(self.workers, initializer=_warm_up, initargs=(tuple(warm),))
@@ -55,20 +58,19 @@ class ChunkPool:
             yield from (function(shared, item) for item in items)
             return
         handle, path = tempfile.mkstemp(prefix="anomaly_assets_pool_", suffix=".pickle")
-        self._files.append(path)
-        with os.fdopen(handle, "wb") as file:
-            pickle.dump(shared, file, protocol=pickle.HIGHEST_PROTOCOL)
-        yield from self._pool.imap(_run, [(function, path, item) for item in items])
+        try:
+            with os.fdopen(handle, "wb") as file:
+                pickle.dump(shared, file, protocol=pickle.HIGHEST_PROTOCOL)
+            token = uuid.uuid4().hex  # one per map: a worker never mistakes an earlier map's object for it
+            yield from self._pool.imap(_run, [(function, path, token, item) for item in items])
+        finally:
+            os.remove(path)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.terminate()
             self._pool.join()
             self._pool = None
-        for path in self._files:
-            if os.path.exists(path):
-                os.remove(path)
-        self._files.clear()
 
     def __enter__(self) -> ChunkPool:
         return self
@@ -82,10 +84,10 @@ def _warm_up(modules: tuple[str, ...]) -> None:
         importlib.import_module(name)
 
 
-def _run(task: tuple[Callable[[Any, Any], Any], str, Any]) -> Any:
-    function, path, item = task
-    if path not in _shared:
-        _shared.clear()  # one step's shared object at a time
+def _run(task: tuple[Callable[[Any, Any], Any], str, str, Any]) -> Any:
+    function, path, token, item = task
+    if token not in _shared:
+        _shared.clear()  # one map's shared object at a time
         with open(path, "rb") as file:
-            _shared[path] = pickle.load(file)
-    return function(_shared[path], item)
+            _shared[token] = pickle.load(file)
+    return function(_shared[token], item)

@@ -15,7 +15,7 @@ from anomaly_assets.defs.partitions import (
     previous_day_lookback,
 )
 from anomaly_assets.resources import InventorySource, TelemetrySource
-from anomaly_assets.resources.chunk_pool import ChunkPool
+from anomaly_assets.resources.chunk_workers import ChunkWorkers
 from anomaly_assets.resources.chunk_tasks import chunk_features
 from anomaly_assets.resources.parquet_io import ALLOW_MISSING_PARTITIONS, DeviceChunks, PartitionSpool
 
@@ -50,22 +50,20 @@ def device_features(
     validated_telemetry: DeviceChunks,
     telemetry_source: TelemetrySource,
     inventory_source: InventorySource,
+    chunk_workers: ChunkWorkers,
 ) -> dg.Output[PartitionSpool]:
-    chunks = validated_telemetry.chunk_count()
-    pool = ChunkPool(chunks=chunks)  # its workers start importing now
     start, end = partition_window(context)
     spec = feature_spec(telemetry_source, inventory_source)
     days = list(pd.date_range(start, end, freq="D", inclusive="left"))
     spool = PartitionSpool(context.partition_keys)
     lookback_rows = 0
-    # A chunk of whole devices at a time, spread over the pool's workers: each device's lookback
+    # A chunk of whole devices at a time, spread over the run's workers: each device's lookback
     # rows come with its own; this process writes the chunks' features as they arrive, in order.
-    with pool:
-        shared = (validated_telemetry, spec, days, spool.keys, start)
-        for tables, lookback in pool.map(chunk_features, shared, range(chunks)):
-            lookback_rows += lookback
-            for key, table in tables.items():
-                spool.append_to(key, table)
+    shared = (validated_telemetry, spec, days, spool.keys, start)
+    for tables, lookback in chunk_workers.map(chunk_features, shared, range(validated_telemetry.chunk_count())):
+        lookback_rows += lookback
+        for key, table in tables.items():
+            spool.append_to(key, table)
     if not spool.rows:
         spool.discard()
         raise dg.Failure(description=f"validated_telemetry has no rows in [{start}, {end}) to build features from")

@@ -30,7 +30,7 @@ from anomaly_assets.defs.partitions import (
 )
 from anomaly_assets.core.inventory import contract_knowing
 from anomaly_assets.resources import InventorySource, ResultsStore, TelemetrySource
-from anomaly_assets.resources.chunk_pool import ChunkPool
+from anomaly_assets.resources.chunk_workers import ChunkWorkers
 from anomaly_assets.resources.chunk_tasks import validate_chunk
 from anomaly_assets.resources.parquet_io import DeviceChunks, PartitionSpool, group_by_device
 from anomaly_assets.resources.results_store import quarantined_telemetry
@@ -146,6 +146,7 @@ def validated_telemetry(
     telemetry_source: TelemetrySource,
     inventory_source: InventorySource,
     results_store: ResultsStore,
+    chunk_workers: ChunkWorkers,
 ):
     start, end = partition_window(context)
     # The inventory's cohort attributes are joined onto the valid rows; validation itself (what is
@@ -167,22 +168,21 @@ def validated_telemetry(
     spool = PartitionSpool(context.partition_keys)
     parts: dict[str, list[ValidationResult]] = {}  # per day, each chunk's result without its valid rows
     broken: dict[str, SchemaError] = {}
-    # Chunks spread over the step's worker pool, their valid rows written here in device order.
-    chunks = raw_telemetry.chunk_count()
-    warm = ("anomaly_assets.resources.chunk_tasks", "anomaly_assets.core.validation")
-    with ChunkPool(warm=warm, chunks=chunks) as pool:
-        shared = (raw_telemetry, contract, days, day_starts, start, end, attributes, device_inventory)
-        for validated in pool.map(validate_chunk, shared, range(chunks)):
-            for day in validated:
-                if day.error is not None:
-                    broken.setdefault(day.day, day.error)
-                    continue
-                if attributes:
-                    not_in_inventory[day.day] = not_in_inventory.get(day.day, 0) + day.devices_not_in_inventory
-                spool.append_to(day.day, day.valid)
-                parts.setdefault(day.day, []).append(day.result)
-            if broken:  # the schema is the same in every chunk: the first broken one says it all
-                break
+    # Chunks spread over the run's workers, their valid rows written here in device order.
+    shared = (raw_telemetry, contract, days, day_starts, start, end, attributes, device_inventory)
+    validated_chunks = chunk_workers.map(validate_chunk, shared, range(raw_telemetry.chunk_count()))
+    for validated in validated_chunks:
+        for day in validated:
+            if day.error is not None:
+                broken.setdefault(day.day, day.error)
+                continue
+            if attributes:
+                not_in_inventory[day.day] = not_in_inventory.get(day.day, 0) + day.devices_not_in_inventory
+            spool.append_to(day.day, day.valid)
+            parts.setdefault(day.day, []).append(day.result)
+        if broken:  # the schema is the same in every chunk: the first broken one says it all
+            validated_chunks.close()
+            break
     results = {day: _merged_day(day_parts) for day, day_parts in parts.items()}
 
     if broken:

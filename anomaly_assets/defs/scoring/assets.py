@@ -7,7 +7,7 @@ feature_drift: per-feature drift of the partition against the champion's trainin
 
 One subsettable multi-asset (op ``score_and_measure_drift``): materialized together, each chunk
 of devices is read once and its model inputs serve both; each asset still materializes alone.
-The chunks are spread over the step's worker pool (anomaly_assets/resources/chunk_pool.py).
+The chunks are spread over the run's worker processes (anomaly_assets/resources/chunk_workers.py).
 """
 
 import dagster as dg
@@ -25,7 +25,7 @@ from anomaly_assets.defs.partitions import (
     partition_window,
 )
 from anomaly_assets.resources import MlflowModelRegistry, ResultsStore
-from anomaly_assets.resources.chunk_pool import ChunkPool
+from anomaly_assets.resources.chunk_workers import ChunkWorkers
 from anomaly_assets.resources.chunk_tasks import score_chunk_task
 from anomaly_assets.resources.parquet_io import DeviceChunks, PartitionSpool
 from anomaly_assets.resources.results_store import anomaly_events, device_daily_summary
@@ -70,29 +70,26 @@ def score_and_measure_drift(
     device_features: DeviceChunks,
     model_registry: MlflowModelRegistry,
     results_store: ResultsStore,
+    chunk_workers: ChunkWorkers,
 ):
     selected = context.selected_asset_keys
     scoring, drift = SCORED_ANOMALIES in selected, FEATURE_DRIFT in selected
-    pool = ChunkPool(chunks=device_features.chunk_count())  # its workers start importing now
-    try:
-        start, end = partition_window(context)
-        version, model = model_registry.load_champion()
-        if drift and model.drift_reference is None:
-            raise dg.Failure(description=f"champion version {version} was trained without a drift reference; retrain it")
-        days = days_in(start, end)
-        rows = device_features.rows_per_file()  # one file per day, from the footers
-        bounds = {day: keep_below(count) for day, count in zip(days, rows, strict=True)} if len(rows) == len(days) else {}
-        options = {"days": days, "model_name": model_registry.model_name, "model_version": version, "score": scoring, "drift": drift}
-        options.update(keep_below=bounds, top=TOP_DEVICES)
-        chunks = pool.map(score_chunk_task, (model, device_features, options), range(device_features.chunk_count()))
-        drift_by_day: dict[str, CurrentDistribution] = {}
-        if scoring:
-            yield from _scored_anomalies(context, chunks, days, model, version, model_registry, results_store, drift_by_day)
-        else:
-            for chunk in chunks:
-                _merge_drift(drift_by_day, chunk)
-    finally:
-        pool.close()
+    start, end = partition_window(context)
+    version, model = model_registry.load_champion()
+    if drift and model.drift_reference is None:
+        raise dg.Failure(description=f"champion version {version} was trained without a drift reference; retrain it")
+    days = days_in(start, end)
+    rows = device_features.rows_per_file()  # one file per day, from the footers
+    bounds = {day: keep_below(count) for day, count in zip(days, rows, strict=True)} if len(rows) == len(days) else {}
+    options = {"days": days, "model_name": model_registry.model_name, "model_version": version, "score": scoring, "drift": drift}
+    options.update(keep_below=bounds, top=TOP_DEVICES)
+    chunks = chunk_workers.map(score_chunk_task, (model, device_features, options), range(device_features.chunk_count()))
+    drift_by_day: dict[str, CurrentDistribution] = {}
+    if scoring:
+        yield from _scored_anomalies(context, chunks, days, model, version, model_registry, results_store, drift_by_day)
+    else:
+        for chunk in chunks:
+            _merge_drift(drift_by_day, chunk)
     if drift:
         current = {day: CurrentDistribution(model.drift_reference) for day in context.partition_keys}
         for day, distribution in drift_by_day.items():

@@ -1,0 +1,70 @@
+"""The chunk_workers resource: one pool of worker processes per run, shared by its steps."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from anomaly_assets.resources import ChunkWorkers
+
+
+def worker_pid(shared: str, item: int) -> tuple[str, int, int]:
+    return shared, item, os.getpid()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie left for its parent to reap has exited too
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_every_step_of_a_run_uses_the_same_workers_which_end_with_the_run():
+    @dg.op
+    def first(chunk_workers: ChunkWorkers) -> list:
+        return list(chunk_workers.map(worker_pid, "first", range(6)))
+
+    @dg.op
+    def second(chunk_workers: ChunkWorkers, earlier: list) -> list:
+        return earlier + list(chunk_workers.map(worker_pid, "second", range(6)))
+
+    @dg.op
+    def one_chunk(chunk_workers: ChunkWorkers) -> list:
+        return list(chunk_workers.map(worker_pid, "alone", [0]))
+
+    @dg.job(executor_def=dg.in_process_executor)
+    def two_steps():
+        second(first())
+        one_chunk()
+
+    result = two_steps.execute_in_process(resources={"chunk_workers": ChunkWorkers(workers=2)})
+    assert result.success
+    rows = result.output_for_node("second")
+    # Each step's items come back in order, with the step's own shared object.
+    assert [(shared, item) for shared, item, _ in rows] == [("first", i) for i in range(6)] + [("second", i) for i in range(6)]
+    first_pids = {pid for shared, _, pid in rows if shared == "first"}
+    second_pids = {pid for shared, _, pid in rows if shared == "second"}
+    assert os.getpid() not in first_pids | second_pids  # the chunks ran in workers
+    assert second_pids <= first_pids and len(first_pids) <= 2  # the second step reused the first step's workers
+    # A step with one chunk runs it in its own process, without a worker.
+    assert result.output_for_node("one_chunk") == [("alone", 0, os.getpid())]
+    assert not any(_alive(pid) for pid in first_pids)  # torn down with the run
+
+
+def test_a_run_with_one_chunk_per_step_starts_no_worker():
+    @dg.op
+    def alone(chunk_workers: ChunkWorkers) -> tuple[list, bool]:
+        return list(chunk_workers.map(worker_pid, "alone", [0])), chunk_workers._pool is None
+
+    @dg.job(executor_def=dg.in_process_executor)
+    def single():
+        alone()
+
+    rows, no_pool = single.execute_in_process(resources={"chunk_workers": ChunkWorkers(workers=2)}).output_for_node("alone")
+    assert rows == [("alone", 0, os.getpid())] and no_pool
