@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import dagster as dg
 
@@ -68,3 +69,56 @@ def test_a_run_with_one_chunk_per_step_starts_no_worker():
 
     rows, no_pool = single.execute_in_process(resources={"chunk_workers": ChunkWorkers(workers=2)}).output_for_node("alone")
     assert rows == [("alone", 0, os.getpid())] and no_pool
+
+
+def big_chunk(shared: int, item: int):
+    """A chunk's worth of columns (well over PACK_BYTES): a frame, an Arrow table, an array."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    rows = shared
+    frame = pd.DataFrame(
+        {
+            "device_id": [f"dev-{item:03d}-{i % 50:02d}" for i in range(rows)],
+            "timestamp": pd.date_range("2026-11-09", periods=rows, freq="s", tz="UTC"),
+            "value": np.arange(rows, dtype=np.float64) + item,
+        }
+    )
+    return frame, pa.Table.from_pandas(frame, preserve_index=False), np.full(rows, item, dtype=np.int32)
+
+
+def _result_files() -> list[str]:
+    from anomaly_assets.resources import chunk_pool
+
+    folder = chunk_pool._shared_memory() or tempfile.gettempdir()
+    return [os.path.join(folder, name) for name in os.listdir(folder) if name.startswith(chunk_pool.RESULT_PREFIX)]
+
+
+def test_large_results_come_back_through_shared_memory_equal_and_writable_leaving_no_file():
+    import numpy as np
+    import pandas as pd
+
+    from anomaly_assets.resources.chunk_pool import PACK_BYTES, ChunkPool, _pack, _Packed
+
+    rows = 200_000  # ~5 MB of columns per chunk
+    assert isinstance(_pack(big_chunk(rows, 0), "probe"), _Packed)  # the path under test is taken
+    for path in _result_files():
+        os.remove(path)  # the probe's own file
+    assert isinstance(_pack(big_chunk(10, 0), "probe"), tuple) and 10 * 40 < PACK_BYTES  # small ones go as they are
+
+    with ChunkPool(2) as pool:
+        got = list(pool.map(big_chunk, rows, range(5)))
+        assert _result_files() == []  # each result's file is gone once it is taken
+        for item, (frame, table, array) in enumerate(got):
+            expected_frame, expected_table, expected_array = big_chunk(rows, item)
+            pd.testing.assert_frame_equal(frame, expected_frame)
+            assert table.equals(expected_table)
+            np.testing.assert_array_equal(array, expected_array)
+            frame.loc[0, "value"] = -1.0  # writable, as an unpickled frame is
+            array[0] = -1
+        # A step that stops after its first chunk: the chunks it never took leave no file behind.
+        stopped = pool.map(big_chunk, rows, range(6))
+        next(stopped)
+        stopped.close()
+    assert _result_files() == []
