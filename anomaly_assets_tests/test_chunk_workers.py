@@ -122,3 +122,23 @@ def test_large_results_come_back_through_shared_memory_equal_and_writable_leavin
         next(stopped)
         stopped.close()
     assert _result_files() == []
+
+
+def test_workers_start_early_only_past_one_chunk_of_devices_in_an_in_process_run():
+    """raw_telemetry starts the run's workers once it has seen more devices than one chunk, so
+    their start-up overlaps its reading; below that, none start."""
+
+    @dg.op
+    def reads_the_source(context: dg.OpExecutionContext, chunk_workers: ChunkWorkers) -> list:
+        chunk_workers.start_early(context, 10)
+        before = chunk_workers._pool is None
+        chunk_workers.start_early(context, 11)
+        started = chunk_workers._pool is not None and chunk_workers._pool.workers == 2
+        return [before, started]
+
+    @dg.job(executor_def=dg.in_process_executor)
+    def run():
+        reads_the_source()
+
+    result = run.execute_in_process(resources={"chunk_workers": ChunkWorkers(workers=2, devices_per_chunk=10)})
+    assert result.output_for_node("reads_the_source") == [True, True]

@@ -263,7 +263,7 @@ def test_raw_telemetry_streams_the_source_and_stores_each_part_grouped_by_device
 
     from anomaly_assets.core import generator
     from anomaly_assets.defs.ingestion.assets import raw_telemetry
-    from anomaly_assets.resources import PartitionedParquetIOManager, TelemetrySource
+    from anomaly_assets.resources import ChunkWorkers, PartitionedParquetIOManager, TelemetrySource
 
     day = generator.generate_day(generator.FleetConfig(n_devices=6, device_fault_rate=0.0), pd.Timestamp("2026-11-02").date())
     # time-major delivery in three parts; the last part's reboots column mixes numbers and text
@@ -291,6 +291,7 @@ def test_raw_telemetry_streams_the_source_and_stores_each_part_grouped_by_device
         resources={
             "telemetry_source": StreamingSource(),
             "io_manager": PartitionedParquetIOManager(base_path=str(tmp_path)),
+            "chunk_workers": ChunkWorkers(),
         },
     )
     stored = pd.read_parquet(tmp_path / "raw_telemetry" / "2026-11-02.parquet")

@@ -211,6 +211,37 @@ def test_files_by_glob(tmp_path: Path, fmt: str):
         FileTelemetrySource(glob=str(tmp_path / "nothing-*.csv"), mapping=MAPPING).read_window(START, END)
 
 
+def test_parquet_row_groups_outside_the_window_are_skipped_but_unplaceable_rows_are_still_read(tmp_path: Path):
+    """One parquet file holding three days, a row group per 12 hours: a day's window reads only
+    its own groups, plus any group with a missing or implausible timestamp (rows no window can
+    place, which every window takes for validation to quarantine). The rows are what reading the
+    whole file and selecting the window gives."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from anomaly_assets.resources.sources import row_groups_for_window
+
+    rows = source_rows().sort_values("ts", kind="stable").reset_index(drop=True)
+    rows["ts"] = rows["ts"].astype("datetime64[us, UTC]")
+    rows.loc[5, "ts"] = pd.NaT  # in the first day's first group
+    rows.loc[200, "ts"] = pd.Timestamp("1900-01-01", tz="UTC")  # in the last day's second group
+    path = tmp_path / "telemetry-all.parquet"
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), path, row_group_size=36)  # 12 hours x 3 devices
+    parquet = pq.ParquetFile(path)
+    assert parquet.metadata.num_row_groups == 6
+    assert row_groups_for_window(parquet, "ts", START, END) == [0, 2, 3, 5]  # its day, the NaT's, the 1900's
+    assert row_groups_for_window(parquet, "dev", START, END) == list(range(6))  # not a timestamp: every group
+
+    source = FileTelemetrySource(glob=str(path), mapping=MAPPING, chunk_rows=20)
+    whole = MAPPING.apply(rows.assign(source_error=None))
+    stamps = whole["timestamp"]
+    claimed = stamps.isna() | (stamps < pd.Timestamp("2000-01-01", tz="UTC")) | ((stamps >= START) & (stamps < END))
+    expected = whole.loc[claimed.to_numpy()].reset_index(drop=True)
+    got = source.read_window(START, END)
+    assert len(got) == 24 * 3 + 2
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected, check_dtype=False)
+
+
 # ----------------------------------------------------------------------------- inventory
 
 

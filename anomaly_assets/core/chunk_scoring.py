@@ -54,7 +54,6 @@ def score_chunk(
         return out
     cohorts = model.cohorts(features)
     row_days = day_strings(features["timestamp"])
-    values = None
     if drift:
         if model.drift_reference is None:
             raise ValueError("the model was trained without a drift reference")
@@ -68,13 +67,12 @@ def score_chunk(
                 bound = (keep_below or {}).get(day, 1.0)
                 out.drift[day] = CurrentDistribution(model.drift_reference, seed=drift_seed, keep_below=bound)
                 out.drift[day].add_values(reference_values if mask.all() else reference_values[mask])
-        del reference_values
+        del values, reference_values
     if not score:
         return out
     from anomaly_assets import reports  # matplotlib: only where scores are summarized
 
-    inputs = model.model_inputs(features, cohorts, monitoring=values)  # the forest's matrix from drift's
-    del values
+    inputs = model.model_inputs(features, cohorts)
     scored = model.score_from(features, inputs, model.raw_scores(inputs), cohorts)
     scored = scored.assign(model_name=model_name, model_version=model_version, partition_date=row_days.to_numpy())
     events = scored.loc[scored["is_anomaly"]]

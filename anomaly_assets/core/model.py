@@ -128,21 +128,11 @@ class FleetAnomalyModel:
             raw[:, j] = raw[:, len(columns) + k] - raw[:, j]
         return np.ascontiguousarray(raw[:, : len(columns)])
 
-    def model_inputs(
-        self,
-        device_features: pd.DataFrame,
-        cohorts: tuple[np.ndarray, pd.Series] | None = None,
-        monitoring: np.ndarray | None = None,
-    ) -> ModelInputs:
-        """``monitoring``: ``monitoring_values`` of the same rows, when drift has them already; the
-        forest's matrix is then its columns with NaN imputed, not built again."""
+    def model_inputs(self, device_features: pd.DataFrame, cohorts: tuple[np.ndarray, pd.Series] | None = None) -> ModelInputs:
+        # The forest's matrix is built by the compiled loop even when drift has its columns
+        # already: selecting and imputing them from drift's matrix measured slower.
         cohorts = cohorts or self.cohorts(device_features)
-        if monitoring is not None:
-            index = {column: j for j, column in enumerate(self.monitored_columns)}
-            picked = monitoring[:, [index[c] for c in self.feature_columns]]
-            forest = np.ascontiguousarray(np.where(np.isnan(picked), self.medians[None, :], picked))
-        else:
-            forest = self.model_matrix(device_features, cohorts)
+        forest = self.model_matrix(device_features, cohorts)
         if self.device_norms is None:
             return ModelInputs(forest, np.zeros((len(forest), 0)))
         rows = self.device_norms.table_rows(device_features["device_id"], *cohorts)

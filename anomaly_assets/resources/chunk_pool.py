@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 WORKERS_ENV = "ANOMALY_ASSETS_CHUNK_WORKERS"
-# Imported by each worker as it starts, before the first chunk arrives: every heavy step's task
-# (validation's Great Expectations included), since one pool serves every step of a run.
-WARM_MODULES = ("anomaly_assets.resources.chunk_tasks", "anomaly_assets.core.validation")
+# Imported (and warmed) by each worker as it starts, before the first chunk arrives: every heavy
+# step's task, since one pool serves every step of a run.
+WARM_MODULES = ("anomaly_assets.resources.chunk_tasks",)
 # A result whose arrays add up to more than this comes back through a file in shared memory, not
 # the pool's pipe (see ``_Packed``).
 PACK_BYTES = 1 << 20
@@ -104,8 +104,11 @@ class ChunkPool:
 
 
 def _warm_up(modules: tuple[str, ...]) -> None:
+    """Import each module and call its ``warm_up()``, if it has one."""
     for name in modules:
-        importlib.import_module(name)
+        warm = getattr(importlib.import_module(name), "warm_up", None)
+        if warm is not None:
+            warm()
 
 
 def _run(task: tuple[Callable[[Any, Any], Any], str, str, Any]) -> Any:

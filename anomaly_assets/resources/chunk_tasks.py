@@ -32,6 +32,13 @@ class ValidatedDay:
     error: SchemaError | None = None
 
 
+def warm_up() -> None:
+    """A worker's start: Great Expectations' context (seconds) before its first chunk arrives."""
+    from anomaly_assets.core.validation.engine import prepare_context
+
+    prepare_context()
+
+
 def validate_chunk(shared: tuple, index: int) -> list[ValidatedDay]:
     """validated_telemetry's task: chunk ``index`` of raw_telemetry validated per day of the run.
     Rows whose timestamp lies outside the run's window (or is unreadable) are validated with the

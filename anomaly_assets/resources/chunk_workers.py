@@ -1,11 +1,12 @@
 """``chunk_workers``: the run's pool of worker processes for chunks of devices, as a resource.
 
 Dagster sets a resource up once per run and process. With the in-process executor (the scoring
-job's) the first step with more than one chunk of devices starts the pool, and every later step
-of the run (validated_telemetry, device_features, score_and_measure_drift) uses the same workers:
-their start-up and imports are paid once per run, not once per step. With the multiprocess
-executor each step's process has its own. A run whose steps have one chunk each starts no worker.
-The pool is torn down when the run ends.
+job's) every step of the run (validated_telemetry, device_features, score_and_measure_drift) uses
+the same workers: their start-up (imports, the Great Expectations context: seconds each) is paid
+once per run, not once per step, and raw_telemetry starts them as soon as it has read more than
+one chunk of devices, so that start-up overlaps its own reading of the source. Otherwise the first
+step with more than one chunk starts them; with the multiprocess executor each step's process has
+its own. A run whose steps have one chunk each starts no worker. Torn down when the run ends.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from anomaly_assets.resources.chunk_pool import WORKERS_ENV, ChunkPool, chunk_workers
+from anomaly_assets.resources.device_chunks import DEFAULT_DEVICES_PER_CHUNK
 
 
 class ChunkWorkers(dg.ConfigurableResource):
@@ -26,7 +28,21 @@ class ChunkWorkers(dg.ConfigurableResource):
         default=None,
         description=f"How many worker processes; unset: {WORKERS_ENV}, default min(2, cores). 1: none, every chunk in the step's process.",
     )
+    devices_per_chunk: int = Field(
+        default=DEFAULT_DEVICES_PER_CHUNK, description="The IO manager's chunk size: more devices than this need workers."
+    )
     _pool: ChunkPool | None = PrivateAttr(default=None)
+
+    def start_early(self, context: dg.AssetExecutionContext, devices: int) -> None:
+        """Start the workers now if later steps of this run, in this process, will use them: the
+        run's executor is in-process and ``devices`` (seen so far) are more than one chunk."""
+        if self._pool is None and devices > self.devices_per_chunk and context.job_def.executor_def.name == "in_process":
+            self._start()
+
+    def _start(self) -> ChunkPool:
+        if self._pool is None:
+            self._pool = ChunkPool(self.workers or chunk_workers())
+        return self._pool
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._pool is not None:
@@ -39,6 +55,4 @@ class ChunkWorkers(dg.ConfigurableResource):
         items = list(items)
         if len(items) <= 1:
             return ChunkPool(1).map(function, shared, items)
-        if self._pool is None:
-            self._pool = ChunkPool(self.workers or chunk_workers())
-        return self._pool.map(function, shared, items)
+        return self._start().map(function, shared, items)

@@ -35,7 +35,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
                 base_path=dg.EnvVar("ANOMALY_ASSETS_STORAGE_PATH"), devices_per_chunk=settings.devices_per_chunk
             ),
             "alert_router": AlertRouter.from_env(),  # ANOMALY_ASSETS_ALERT_CHANNELS, DAGSTER_UI_URL
-            "chunk_workers": ChunkWorkers(),  # ANOMALY_ASSETS_CHUNK_WORKERS
+            "chunk_workers": ChunkWorkers(devices_per_chunk=settings.devices_per_chunk),  # ANOMALY_ASSETS_CHUNK_WORKERS
         }
     for directory in (settings.home, settings.mlflow_dir, settings.parquet_dir):
         directory.mkdir(parents=True, exist_ok=True)
@@ -52,5 +52,5 @@ def build_resources(settings: Settings) -> dict[str, object]:
             base_path=str(settings.parquet_dir), devices_per_chunk=settings.devices_per_chunk
         ),
         "alert_router": AlertRouter.from_env(),  # ANOMALY_ASSETS_ALERT_CHANNELS, DAGSTER_UI_URL
-        "chunk_workers": ChunkWorkers(),  # ANOMALY_ASSETS_CHUNK_WORKERS
+        "chunk_workers": ChunkWorkers(devices_per_chunk=settings.devices_per_chunk),  # ANOMALY_ASSETS_CHUNK_WORKERS
     }

@@ -344,7 +344,10 @@ class FileTelemetrySource(_MappedSource):
                 import pyarrow.parquet as pq
 
                 parquet = pq.ParquetFile(path)
-                for batch in parquet.iter_batches(batch_size=self.chunk_rows, columns=columns):
+                groups = row_groups_for_window(parquet, self.mapping.timestamp, start, end)
+                if not groups:
+                    continue
+                for batch in parquet.iter_batches(batch_size=self.chunk_rows, row_groups=groups, columns=columns):
                     yield batch.to_pandas().assign(**{SOURCE_ERROR: None})
             else:
                 yield from read_csv_as_delivered(path, columns, self.chunk_rows)
@@ -355,6 +358,44 @@ class FileTelemetrySource(_MappedSource):
             yield from super().read_window_chunks(start, end)
         except (OSError, ValueError) as error:
             raise TelemetrySourceError(f"telemetry source '{self.name}' ({self.glob}): {error}") from None
+
+
+def row_groups_for_window(parquet, timestamp: str, start: pd.Timestamp, end: pd.Timestamp) -> list[int]:
+    """The row groups of a parquet file that can hold rows the window [start, end) takes.
+
+    A group is skipped only when its timestamp column is a datetime type, its statistics say it
+    has no null, and its whole range is plausible (placeable) and outside the window: then none
+    of its rows is the window's, nor one that no window can place. Any other group is read (a
+    file of daily files' month is then read a day's groups at a time, not whole for each day)."""
+    import pyarrow as pa
+
+    groups = list(range(parquet.metadata.num_row_groups))
+    names = parquet.schema_arrow.names
+    if timestamp not in names or not pa.types.is_timestamp(parquet.schema_arrow.field(timestamp).type):
+        return groups
+    column = _leaf_index(parquet, timestamp)
+    if column is None:
+        return groups
+    bounds = plausible_bounds()
+    kept = []
+    for group in groups:
+        stats = parquet.metadata.row_group(group).column(column).statistics
+        if stats is None or not stats.has_min_max or stats.null_count is None or stats.null_count > 0:
+            kept.append(group)
+            continue
+        low, high = (_as_utc(pd.Timestamp(v)) for v in (stats.min, stats.max))
+        plausible = low >= bounds["earliest"] and high < bounds["latest"]
+        if not plausible or (high >= start and low < end):
+            kept.append(group)
+    return kept
+
+
+def _leaf_index(parquet, name: str) -> int | None:
+    """The parquet column index of top-level column ``name`` (None if it is nested)."""
+    for index in range(parquet.metadata.num_columns):
+        if parquet.schema.column(index).path == name:
+            return index
+    return None
 
 
 def read_csv_as_delivered(path: str, columns: list[str], chunk_rows: int = 50_000) -> Iterator[pd.DataFrame]:

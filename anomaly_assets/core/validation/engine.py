@@ -19,6 +19,11 @@ _RESULT_FORMAT = {"result_format": "COMPLETE", "return_unexpected_index_query": 
 _QUICK_FORMAT = {"result_format": "BOOLEAN_ONLY"}  # whether each rule holds, nothing more
 
 
+def prepare_context() -> None:
+    """Create this process's GX context now (seconds), before the first validation waits for it."""
+    _GX.get()
+
+
 class _GX:
     """One ephemeral GX context per process: a pandas data source with one dataframe asset."""
 

@@ -58,7 +58,9 @@ SAMPLE_ROWS = 5
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="One day of telemetry rows from the configured source, as delivered.",
 )
-def raw_telemetry(context: dg.AssetExecutionContext, telemetry_source: TelemetrySource) -> dg.Output[PartitionSpool]:
+def raw_telemetry(
+    context: dg.AssetExecutionContext, telemetry_source: TelemetrySource, chunk_workers: ChunkWorkers
+) -> dg.Output[PartitionSpool]:
     start, end = partition_window(context)
     spool = PartitionSpool(context.partition_keys)
     devices: dict[str, set] = {key: set() for key in spool.keys}
@@ -73,6 +75,8 @@ def raw_telemetry(context: dg.AssetExecutionContext, telemetry_source: Telemetry
             if "device_id" in rows:
                 devices[key].update(rows["device_id"].dropna().unique())
             spool.append_to(key, rows)
+        # Past one chunk of devices, the run's later steps will use its workers: they start now.
+        chunk_workers.start_early(context, max(len(seen) for seen in devices.values()))
     metadata = {
         key: {
             "dagster/row_count": spool.rows_by_key[key],
