@@ -129,7 +129,7 @@ def test_workers_start_early_only_past_one_chunk_of_devices_in_an_in_process_run
     their start-up overlaps its reading; below that, none start."""
 
     @dg.op
-    def reads_the_source(context: dg.OpExecutionContext, chunk_workers: ChunkWorkers) -> list:
+    def reads_the_source(context, chunk_workers: ChunkWorkers) -> list:
         chunk_workers.start_early(context, 10)
         before = chunk_workers._pool is None
         chunk_workers.start_early(context, 11)
