@@ -20,6 +20,9 @@ from pydantic import Field, PrivateAttr
 from anomaly_assets.resources.chunk_pool import WORKERS_ENV, ChunkPool, chunk_workers
 from anomaly_assets.resources.device_chunks import DEFAULT_DEVICES_PER_CHUNK
 
+# The in-process executor, and the one ``execute_in_process`` and ``dagster.materialize`` run with.
+IN_PROCESS_EXECUTORS = ("in_process", "execute_in_process_executor")
+
 
 class ChunkWorkers(dg.ConfigurableResource):
     """Worker processes for the heavy steps' chunks of devices."""
@@ -36,7 +39,7 @@ class ChunkWorkers(dg.ConfigurableResource):
     def start_early(self, context: dg.AssetExecutionContext, devices: int) -> None:
         """Start the workers now if later steps of this run, in this process, will use them: the
         run's executor is in-process and ``devices`` (seen so far) are more than one chunk."""
-        if self._pool is None and devices > self.devices_per_chunk and context.job_def.executor_def.name == "in_process":
+        if self._pool is None and devices > self.devices_per_chunk and context.job_def.executor_def.name in IN_PROCESS_EXECUTORS:
             self._start()
 
     def _start(self) -> ChunkPool:
